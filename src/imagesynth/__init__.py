@@ -1,0 +1,48 @@
+"""imagesynth: train, sample, edit, evaluate and estimate generative image models, offline.
+
+Importing this package is cheap: torch and the heavy parts load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first attribute access)
+_LAZY = {
+    "ImagesynthError": "imagesynth.errors",
+    "DataError": "imagesynth.errors",
+    "ModelFileError": "imagesynth.errors",
+    "get_dataset": "imagesynth.data",
+    "list_datasets": "imagesynth.data",
+    "save_model": "imagesynth.io.model_dir",
+    "load_model": "imagesynth.io.model_dir",
+    "load_weights": "imagesynth.io.model_dir",
+    "save_png": "imagesynth.io.pngmeta",
+    "read_png_metadata": "imagesynth.io.pngmeta",
+    "seed_everything": "imagesynth.seeding",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import get_dataset, list_datasets
+    from .errors import DataError, ImagesynthError, ModelFileError
+    from .io.model_dir import load_model, load_weights, save_model
+    from .io.pngmeta import read_png_metadata, save_png
+    from .seeding import seed_everything
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagesynth' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,3 @@
+from imagesynth.cli.main import main
+
+main()

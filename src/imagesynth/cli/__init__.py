@@ -1,0 +1,1 @@
+"""The `imagesynth` command line (typer); thin: parsing and printing only."""

@@ -1,0 +1,1 @@
+"""Files on disk: model directories, run directories and checkpoints, PNG metadata."""
