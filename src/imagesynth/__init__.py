@@ -23,16 +23,21 @@ _LAZY = {
     "save_png": "imagesynth.io.pngmeta",
     "read_png_metadata": "imagesynth.io.pngmeta",
     "seed_everything": "imagesynth.seeding",
+    "train": "imagesynth.api",
+    "load": "imagesynth.api",
+    "TrainConfig": "imagesynth.training.config",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .api import load, train
     from .data import get_dataset, list_datasets
     from .errors import DataError, ImagesynthError, ModelFileError
     from .io.model_dir import load_model, load_weights, save_model
     from .io.pngmeta import read_png_metadata, save_png
     from .seeding import seed_everything
+    from .training.config import TrainConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -130,6 +130,15 @@ def datasets_export(
     typer.echo(f"wrote {n if n is not None else len(ds) - start} items of {ds.name} to {path}")
 
 
+def _register_commands() -> None:
+    from .train import register
+
+    register(app)
+
+
+_register_commands()
+
+
 class _MessageOnly(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = "warning: " if record.levelno == logging.WARNING else ""

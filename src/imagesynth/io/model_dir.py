@@ -77,11 +77,13 @@ def save_model(
     recipe: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     dtype: str | None = None,
+    extra_json: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a model directory atomically (a reader sees the old model or the new, never half).
 
     `components` is one `Component` (files at the top level) or a mapping name -> Component
     (one subfolder each). `dtype="float16"` stores floating weights in half precision.
+    `extra_json` adds JSON files by relative path (e.g. diffusers' `model_index.json`).
     """
     from safetensors.torch import save_file
 
@@ -111,6 +113,10 @@ def save_model(
                 "parameters": int(sum(t.numel() for t in tensors.values())),
                 "dtype": dtype or "as saved",
             }
+        for rel, obj in (extra_json or {}).items():
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise ModelFileError(f"extra file path must be relative, got {rel!r}")
+            write_json_atomic(tmp / rel, dict(obj))
         if "" not in components:
             write_json_atomic(tmp / CONFIG_NAME, dict(config or {"components": list(listed)}))
         elif config:

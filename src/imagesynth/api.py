@@ -1,0 +1,41 @@
+"""The top-level Python API: `imagesynth.train(...)` and `imagesynth.load(MODEL_DIR)`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import ImagesynthError
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A model directory, or a run directory whose `model/` is one."""
+    p = Path(path).expanduser()
+    if not (p / "imagesynth.json").is_file() and (p / "model" / "imagesynth.json").is_file():
+        return p / "model"
+    return p
+
+
+def load(path: str | os.PathLike, device: str | None = None, allow_pickle: bool = False) -> Any:
+    """The pipeline for a model directory (or run directory), chosen by its family."""
+    from .io.model_dir import load_model
+
+    path = resolve_model_dir(path)
+    family = load_model(path, allow_pickle=allow_pickle).family
+    if family == "diffusion":
+        from .pipelines.diffusion import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(path, device=device, allow_pickle=allow_pickle)
+    raise ImagesynthError(f"{path}: no pipeline for model family {family!r} yet")
+
+
+def train(**options: Any) -> Any:
+    """Train a model and return a TrainResult (run_dir, model_dir, step, stats).
+
+    Example: `imagesynth.train(family="diffusion", data="digits", size=16, cond="class",
+    family_options={"preset": "tiny"}, minutes=10)`. `resume="latest"` continues a run.
+    """
+    from .training.trainer import train as _train
+
+    return _train(**options)

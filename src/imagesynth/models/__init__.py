@@ -1,0 +1,1 @@
+"""Networks by family, each with a loss object the trainer drives."""

@@ -1,0 +1,1 @@
+"""Inference recipes that load a model directory and return PIL images."""

@@ -1,0 +1,1 @@
+"""The one trainer (accelerate) and what it needs: data order, EMA, checkpoint state."""
