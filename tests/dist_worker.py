@@ -11,10 +11,21 @@ from imagesynth.training.trainer import Trainer
 
 runs_dir, out_dir = sys.argv[1], sys.argv[2]
 cfg = TrainConfig(
-    family="diffusion", data="digits", size=16, cond="class", steps=4, batch=4,
-    log_every=1, sample_every=2, sample_n=4, ckpt_every=2, runs_dir=runs_dir, warmup_steps=0,
-    family_options={"preset": "tiny", "sample_steps": 2}, progress=False,
-)  # fmt: skip
+    family="diffusion",
+    data="digits",
+    size=16,
+    cond="class",
+    steps=4,
+    batch=4,
+    log_every=1,
+    sample_every=2,
+    sample_n=4,
+    ckpt_every=2,
+    runs_dir=runs_dir,
+    warmup_steps=0,
+    family_options={"preset": "tiny", "sample_steps": 2},
+    progress=False,
+)
 trainer = Trainer(cfg)
 indices = {k: trainer.order.indices(k).tolist() for k in range(4)}
 result = trainer.train()

@@ -132,8 +132,9 @@ def test_folder_warnings_are_one_line_each(tmp_path):
     folder.mkdir()
     Image.new("RGB", (20, 10), (10, 200, 30)).save(folder / "ok.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8garbage")
-    proc = _cli("datasets", "preview", f"folder:{folder}", "--size", "16", "--out",
-                str(tmp_path / "g.png"))  # fmt: skip
+    proc = _cli(
+        "datasets", "preview", f"folder:{folder}", "--size", "16", "--out", str(tmp_path / "g.png")
+    )
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and "broken.jpg" in warnings[0] and "skipped 1 of 2" in warnings[1]

@@ -20,11 +20,29 @@ def test_two_processes_stay_identical_and_split_batches(tmp_path):
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-         str(Path(__file__).parent / "dist_worker.py"), str(runs), str(out)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29517",
+            str(Path(__file__).parent / "dist_worker.py"),
+            str(runs),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((out / "rank0.json").read_text())
     r1 = json.loads((out / "rank1.json").read_text())
@@ -39,9 +57,11 @@ def test_two_processes_stay_identical_and_split_batches(tmp_path):
     stats = (run_dirs[0] / "stats.jsonl").read_text().splitlines()
     assert [json.loads(s)["step"] for s in stats] == [1, 2, 3, 4]
     assert sorted(p.name for p in (run_dirs[0] / "samples").iterdir()) == [
-        "step-00000002.png", "step-00000004.png",
-    ]  # fmt: skip
+        "step-00000002.png",
+        "step-00000004.png",
+    ]
     assert sorted(p.name for p in (run_dirs[0] / "checkpoints").iterdir()) == [
-        "step-00000002", "step-00000004",
-    ]  # fmt: skip
+        "step-00000002",
+        "step-00000004",
+    ]
     assert (run_dirs[0] / "model" / "imagesynth.json").is_file()

@@ -17,9 +17,13 @@ def test_round_trip_single(tmp_path):
     net = _net()
     cfg = {"channels": [3, 4, 3], "kernel": 3}
     path = save_model(
-        tmp_path / "m", Component(cfg, net.state_dict()), family="toy",
-        dataset={"name": "shapes", "size": 32}, recipe={"lr": 1e-3}, metrics={"fid": 12.5},
-    )  # fmt: skip
+        tmp_path / "m",
+        Component(cfg, net.state_dict()),
+        family="toy",
+        dataset={"name": "shapes", "size": 32},
+        recipe={"lr": 1e-3},
+        metrics={"fid": 12.5},
+    )
     files = load_model(path)
     assert files.family == "toy" and files.config == cfg and files.components == [""]
     assert files.info["metrics"]["fid"] == 12.5 and files.info["versions"]["torch"]

@@ -221,10 +221,12 @@ def test_uncovered_corners_are_the_background(items32) -> None:
         bg = BACKGROUNDS[it.attributes["background"]]
         for x, y in ((0, 0), (s - 1, 0), (0, s - 1), (s - 1, s - 1)):
             near = any(
-                o["box"][0] - reach < x + 1 and x < o["box"][2] + reach
-                and o["box"][1] - reach < y + 1 and y < o["box"][3] + reach
+                o["box"][0] - reach < x + 1
+                and x < o["box"][2] + reach
+                and o["box"][1] - reach < y + 1
+                and y < o["box"][3] + reach
                 for o in it.attributes["objects"]
-            )  # fmt: skip
+            )
             if not near:
                 assert tuple(image[y, x]) == bg, it.caption
                 checked += 1
@@ -234,9 +236,7 @@ def test_uncovered_corners_are_the_background(items32) -> None:
 # --- labels, paraphrase, arguments ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("mode", "count"), [("shape", 3), ("color", 6), ("color_shape", 18)]
-)  # fmt: skip
+@pytest.mark.parametrize(("mode", "count"), [("shape", 3), ("color", 6), ("color_shape", 18)])
 def test_label_modes(mode: str, count: int) -> None:
     ds = ShapesDataset(label_mode=mode)
     assert ds.num_classes == len(ds.class_names) == count

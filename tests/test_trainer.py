@@ -14,10 +14,21 @@ from imagesynth.training.trainer import Trainer, TrainingDiverged, lr_factor
 
 def _cfg(tmp_path, **kw):
     base = dict(
-        family="diffusion", data="digits", size=16, cond="class", steps=4, batch=4,
-        log_every=1, sample_every=1000, sample_n=4, ckpt_every=1000, runs_dir=str(tmp_path),
-        warmup_steps=2, family_options={"preset": "tiny", "sample_steps": 2}, progress=False,
-    )  # fmt: skip
+        family="diffusion",
+        data="digits",
+        size=16,
+        cond="class",
+        steps=4,
+        batch=4,
+        log_every=1,
+        sample_every=1000,
+        sample_n=4,
+        ckpt_every=1000,
+        runs_dir=str(tmp_path),
+        warmup_steps=2,
+        family_options={"preset": "tiny", "sample_steps": 2},
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -63,8 +74,9 @@ def test_run_directory_contents(tmp_path):
     assert cfg["steps"] == 3 and cfg["family_options"]["preset"] == "tiny"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000003"]  # keep=1
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
-        "step-00000002.png", "step-00000003.png",
-    ]  # fmt: skip
+        "step-00000002.png",
+        "step-00000003.png",
+    ]
     assert (run / "plots" / "loss.png").is_file()
     stats = read_jsonl(run / "stats.jsonl")
     assert {"step", "loss", "lr", "grad_norm", "images_per_s", "nonfinite_skipped"} <= set(stats[0])

@@ -22,6 +22,16 @@ def load(path: str | os.PathLike, device: str | None = None, allow_pickle: bool 
     from .io.model_dir import load_model
 
     path = resolve_model_dir(path)
+    index = path / "model_index.json"
+    if not (path / "imagesynth.json").is_file() and index.is_file():  # a diffusers folder
+        import json
+
+        cls_name = json.loads(index.read_text()).get("_class_name")
+        if cls_name in ("DDPMPipeline", "DDIMPipeline"):
+            from .pipelines.diffusion import DiffusionPipeline
+
+            return DiffusionPipeline.from_diffusers(path, device=device, allow_pickle=allow_pickle)
+        raise ImagesynthError(f"{path}: diffusers pipeline {cls_name!r} is not supported yet")
     family = load_model(path, allow_pickle=allow_pickle).family
     if family == "diffusion":
         from .pipelines.diffusion import DiffusionPipeline

@@ -10,9 +10,20 @@ from importlib import metadata
 from typing import Any
 
 PACKAGES = (
-    "imagesynth", "torch", "numpy", "pillow", "safetensors", "diffusers", "accelerate",
-    "transformers", "sentence-transformers", "scikit-learn", "scikit-image", "typer", "tqdm",
-)  # fmt: skip
+    "imagesynth",
+    "torch",
+    "numpy",
+    "pillow",
+    "safetensors",
+    "diffusers",
+    "accelerate",
+    "transformers",
+    "sentence-transformers",
+    "scikit-learn",
+    "scikit-image",
+    "typer",
+    "tqdm",
+)
 
 
 def library_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:

@@ -19,8 +19,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-datasets_app = typer.Typer(help="List, preview and export the bundled and folder datasets.",
-                           no_args_is_help=True)  # fmt: skip
+datasets_app = typer.Typer(
+    help="List, preview and export the bundled and folder datasets.", no_args_is_help=True
+)
 app.add_typer(datasets_app, name="datasets")
 
 
@@ -64,13 +65,24 @@ def env(
         rows.append(("memory", f"{free:.1f} GiB free of {total:.1f} GiB"))
     for i, gpu in enumerate(info.get("gpus", [])):
         free, total = gpu["free_bytes"] / gib, gpu["total_bytes"] / gib
-        rows.append((f"gpu {i}", f"{gpu['name']}: {free:.1f} GiB free of {total:.1f} GiB "
-                     f"(CUDA {info.get('cuda_version')})"))  # fmt: skip
+        rows.append(
+            (
+                f"gpu {i}",
+                f"{gpu['name']}: {free:.1f} GiB free of {total:.1f} GiB "
+                f"(CUDA {info.get('cuda_version')})",
+            )
+        )
     typer.echo("\n".join(f"{k:<22} {v}" for k, v in rows))
 
 
-DataOpt = Annotated[list[str] | None, typer.Option("--opt", help="Dataset option KEY=VALUE "
-                    "(e.g. label_mode=color, fit=pad, paraphrase=true); repeatable.")]  # fmt: skip
+DataOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--opt",
+        help="Dataset option KEY=VALUE "
+        "(e.g. label_mode=color, fit=pad, paraphrase=true); repeatable.",
+    ),
+]
 SizeOpt = Annotated[int | None, typer.Option(help="Image size in px (default: the dataset's).")]
 SeedOpt = Annotated[int | None, typer.Option(help="Dataset seed (default 0).")]
 SplitOpt = Annotated[str | None, typer.Option(help="Split: train / test (/ all).")]

@@ -10,8 +10,9 @@ import typer
 
 from ..errors import ImagesynthError
 
-train_app = typer.Typer(help="Train a model family on a dataset (a run directory per run).",
-                        no_args_is_help=True)  # fmt: skip
+train_app = typer.Typer(
+    help="Train a model family on a dataset (a run directory per run).", no_args_is_help=True
+)
 
 Opt = typer.Option
 
@@ -90,17 +91,40 @@ def train_diffusion(
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train a pixel diffusion model (diffusers UNet2DModel) on any dataset."""
-    top = {"data": data, "size": size, "cond": cond, "steps": steps, "minutes": minutes,
-           "batch": batch, "grad_accum": grad_accum, "lr": lr, "lr_schedule": lr_schedule,
-           "warmup_steps": warmup, "clip_grad": clip_grad, "ema_decay": ema_decay,
-           "mixed_precision": mixed_precision, "seed": seed, "log_every": log_every,
-           "sample_every": sample_every, "ckpt_every": ckpt_every, "keep": keep,
-           "runs_dir": runs_dir, "tag": tag, "tensorboard": tensorboard, "flip": flip,
-           "channels_last": channels_last}  # fmt: skip
+    top = {
+        "data": data,
+        "size": size,
+        "cond": cond,
+        "steps": steps,
+        "minutes": minutes,
+        "batch": batch,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "lr_schedule": lr_schedule,
+        "warmup_steps": warmup,
+        "clip_grad": clip_grad,
+        "ema_decay": ema_decay,
+        "mixed_precision": mixed_precision,
+        "seed": seed,
+        "log_every": log_every,
+        "sample_every": sample_every,
+        "ckpt_every": ckpt_every,
+        "keep": keep,
+        "runs_dir": runs_dir,
+        "tag": tag,
+        "tensorboard": tensorboard,
+        "flip": flip,
+        "channels_last": channels_last,
+    }
     overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     overrides["family"] = "diffusion"
-    fam = {"preset": preset, "objective": objective, "schedule": schedule,
-           "offset_noise": offset_noise, "class_dropout": class_dropout}  # fmt: skip
+    fam = {
+        "preset": preset,
+        "objective": objective,
+        "schedule": schedule,
+        "offset_noise": offset_noise,
+        "class_dropout": class_dropout,
+    }
     fam = {k: v for k, v in fam.items() if v is not None}
     if min_snr is not None:
         fam["min_snr_gamma"] = None if min_snr == 0 else min_snr
@@ -116,8 +140,10 @@ def train_diffusion(
         data_t, info, _ = load_data(cfg, progress=False)
         family = build_family(cfg, info)
         params = sum(p.numel() for p in family.nets["unet"].parameters())
-        typer.echo(f"dataset: {len(data_t)} images of {info.size} px, {info.num_classes} classes;"
-                   f" UNet: {params / 1e6:.2f} M parameters")  # fmt: skip
+        typer.echo(
+            f"dataset: {len(data_t)} images of {info.size} px, {info.num_classes} classes;"
+            f" UNet: {params / 1e6:.2f} M parameters"
+        )
         return
     from ..training.trainer import Trainer
 
@@ -183,8 +209,16 @@ def sample(
         else:
             raise ImagesynthError(f"unknown class {class_!r}; expected an index or one of {names}")
     keep = _save_steps_list(steps) if save_steps else None
-    result = pipe(n=n, seed=seed, sampler=sampler, steps=steps, class_labels=labels,
-                  guidance_scale=cfg, save_steps=keep, progress=True)  # fmt: skip
+    result = pipe(
+        n=n,
+        seed=seed,
+        sampler=sampler,
+        steps=steps,
+        class_labels=labels,
+        guidance_scale=cfg,
+        save_steps=keep,
+        progress=True,
+    )
     grid = make_grid(result.images, nrow=math.ceil(math.sqrt(n)))
     grid_params = {**result.params[0], "n": n, "grid": f"seeds {seed}..{seed + n - 1}"}
     save_png(grid, out, grid_params)

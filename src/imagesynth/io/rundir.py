@@ -37,7 +37,7 @@ SUBDIRS = ("samples", "plots", "checkpoints")
 def _slug(text: str) -> str:
     """A short file-name-safe form of a dataset / family / tag name."""
     text = Path(text).name if ("/" in text or os.sep in text) else text
-    return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_")[:40] or "x"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_-")[:40] or "x"
 
 
 def run_ids(root: str | os.PathLike) -> dict[int, Path]:

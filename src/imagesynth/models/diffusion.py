@@ -146,8 +146,12 @@ class DiffusionFamily(Family):
         self.alpha_bar = alphas_cumprod(self.sched_cfg)  # (T,)
 
     def config(self) -> dict[str, Any]:
-        return {"options": dataclasses.asdict(self.opts), "unet": self.unet_cfg,
-                "scheduler": self.sched_cfg, "data": dataclasses.asdict(self.data)}  # fmt: skip
+        return {
+            "options": dataclasses.asdict(self.opts),
+            "unet": self.unet_cfg,
+            "scheduler": self.sched_cfg,
+            "data": dataclasses.asdict(self.data),
+        }
 
     def phases(self) -> list[Phase]:
         return [Phase("denoise", ["unet"], self.loss)]
@@ -200,9 +204,15 @@ class DiffusionFamily(Family):
             labels = [i % self.data.num_classes for i in range(n)]
             scale = self.opts.sample_cfg
         return generate(
-            nets["unet"], self.sched_cfg, n=n, seed=seed, sampler=self.opts.sample_sampler,
-            steps=self.opts.sample_steps, class_labels=labels, guidance_scale=scale,
-        )  # fmt: skip
+            nets["unet"],
+            self.sched_cfg,
+            n=n,
+            seed=seed,
+            sampler=self.opts.sample_sampler,
+            steps=self.opts.sample_steps,
+            class_labels=labels,
+            guidance_scale=scale,
+        )
 
     def sample_params(self) -> dict[str, Any]:
         params = {"sampler": self.opts.sample_sampler, "steps": self.opts.sample_steps}

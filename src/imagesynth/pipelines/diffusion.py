@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,9 +91,14 @@ def generate(
                 model_fn = cfg_model_fn(cond_fn, y, null, guidance_scale)
         scheduler = make_scheduler(sampler, sched_cfg)
         x = sample(
-            model_fn, noise, scheduler, steps, generator=gen, callback=callback,
+            model_fn,
+            noise,
+            scheduler,
+            steps,
+            generator=gen,
+            callback=callback,
             progress=progress,
-        )  # fmt: skip
+        )
         outs.append(x.float().clamp(-1, 1))
     return torch.cat(outs)
 
@@ -107,8 +113,13 @@ class PipelineOutput:
 class DiffusionPipeline:
     """`imagesynth.load(MODEL_DIR)` for pixel diffusion models; call it to get PIL images."""
 
-    def __init__(self, unet: torch.nn.Module, sched_cfg: dict[str, Any], info: dict[str, Any],
-                 path: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        sched_cfg: dict[str, Any],
+        info: dict[str, Any],
+        path: Path | None = None,
+    ) -> None:
         self.unet, self.sched_cfg, self.info, self.path = unet.eval(), sched_cfg, info, path
         cfg = unet.config
         self.num_classes = cfg.num_class_embeds - 1 if cfg.num_class_embeds else 0
@@ -138,6 +149,32 @@ class DiffusionPipeline:
         unet = unet.float().to(device or _default_device())
         return cls(unet, files.config["scheduler"], files.info, Path(path))
 
+    @classmethod
+    def from_diffusers(
+        cls, path: str | Path, device: str | None = None, allow_pickle: bool = False
+    ) -> DiffusionPipeline:
+        """A diffusers DDPMPipeline / DDIMPipeline folder (unet/ + scheduler/) saved by anyone."""
+        from diffusers import UNet2DModel
+
+        from ..io.model_dir import _refuse_pickle
+
+        path = Path(path)
+        unet_dir = path / "unet"
+        if not list(unet_dir.glob("*.safetensors")):
+            pickles = list(unet_dir.glob("*.bin"))
+            if pickles and not allow_pickle:
+                raise _refuse_pickle(pickles[0])
+            if not pickles:
+                raise ImagesynthError(f"{unet_dir} has no weights (*.safetensors)")
+        try:
+            sched_cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ImagesynthError(f"{path} has no readable scheduler config: {exc}") from None
+        sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=not allow_pickle)
+        info = {"dataset": None, "source": "diffusers"}
+        return cls(unet.float().to(device or _default_device()), sched_cfg, info, path)
+
     @property
     def model_hash(self) -> str | None:
         unet = (self.info.get("components") or {}).get("unet") or {}
@@ -166,10 +203,17 @@ class DiffusionPipeline:
                 callback(info)
 
         x = generate(
-            self.unet, self.sched_cfg, n=n, seed=seed, sampler=sampler, steps=steps,
-            class_labels=class_labels, guidance_scale=guidance_scale, callback=on_step,
+            self.unet,
+            self.sched_cfg,
+            n=n,
+            seed=seed,
+            sampler=sampler,
+            steps=steps,
+            class_labels=class_labels,
+            guidance_scale=guidance_scale,
+            callback=on_step,
             progress=progress,
-        )  # fmt: skip
+        )
         images = tensor_to_pil(x)
         labels = _check_labels(class_labels, n, self.num_classes)
         if self.num_classes and labels is None:

@@ -10,9 +10,19 @@ from ..errors import ImagesynthError
 
 # keys that may change when resuming a run; any other difference is refused
 RESUMABLE_KEYS = frozenset(
-    {"steps", "minutes", "log_every", "sample_every", "ckpt_every", "keep", "tensorboard",
-     "runs_dir", "max_bad_steps", "progress"}
-)  # fmt: skip
+    {
+        "steps",
+        "minutes",
+        "log_every",
+        "sample_every",
+        "ckpt_every",
+        "keep",
+        "tensorboard",
+        "runs_dir",
+        "max_bad_steps",
+        "progress",
+    }
+)
 
 
 @dataclass
@@ -34,7 +44,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # max gradient norm; 0 disables clipping
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU only)
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: on for CUDA (tensor cores), off on CPU (no gain)
     flip: bool = True  # random horizontal flips where the dataset allows them
     seed: int = 0
     log_every: int = 10
@@ -56,8 +66,16 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
                 raise ImagesynthError(f"{name} must be > 0, got {v!r}")
 
-        for name in ("batch", "grad_accum", "log_every", "sample_every", "ckpt_every", "keep",
-                     "max_bad_steps", "sample_n"):  # fmt: skip
+        for name in (
+            "batch",
+            "grad_accum",
+            "log_every",
+            "sample_every",
+            "ckpt_every",
+            "keep",
+            "max_bad_steps",
+            "sample_n",
+        ):
             positive(name)
         positive("steps", allow_none=True)
         positive("minutes", allow_none=True)

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 # loss(nets, batch, generator) -> (scalar loss, {name: float for stats.jsonl})
-LossFn = Callable[[dict[str, torch.nn.Module], dict[str, Any], torch.Generator],
-                  tuple[torch.Tensor, dict[str, float]]]  # fmt: skip
+LossFn = Callable[
+    [dict[str, torch.nn.Module], dict[str, Any], torch.Generator],
+    tuple[torch.Tensor, dict[str, float]],
+]
 
 
 @dataclass

@@ -73,8 +73,9 @@ def load_data(cfg: TrainConfig, progress: bool):
     if cfg.cond == "none":
         data.labels = None
     num_classes = ds.num_classes if cfg.cond == "class" else 0
-    info = DataInfo(ds.name, ds.size, ds.channels, num_classes,
-                    list(ds.class_names) if num_classes else [])  # fmt: skip
+    info = DataInfo(
+        ds.name, ds.size, ds.channels, num_classes, list(ds.class_names) if num_classes else []
+    )
     return data, info, ds.describe()
 
 
@@ -116,6 +117,10 @@ class Trainer:
         self.main = self.acc.is_main_process
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
+        if cfg.channels_last is None:
+            self.channels_last = self.device.type == "cuda"
+        else:
+            self.channels_last = cfg.channels_last
         self.run_dir, self.start_step = self._setup_run(resume)
         self.data, self.data_info, self.data_desc = load_data(cfg, progress=self.main)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -124,7 +129,7 @@ class Trainer:
         self.raw_nets = dict(self.family.nets)
         for net in self.raw_nets.values():
             net.to(self.device)
-            if cfg.channels_last:
+            if self.channels_last:
                 net.to(memory_format=torch.channels_last)
         self.emas = {k: EMA(self.raw_nets[k], cfg.ema_decay) for k in self.family.ema_nets}
         self.opts = {}
@@ -174,8 +179,13 @@ class Trainer:
                     payload = [str(run), step, None]
                 else:
                     tag = cfg.tag or str(cfg.family_options.get("preset", "tiny"))
-                    run = rundir.create_run_dir(cfg.runs_dir, data=cfg.data, family=cfg.family,
-                                                tag=tag, config=cfg.to_dict())  # fmt: skip
+                    run = rundir.create_run_dir(
+                        cfg.runs_dir,
+                        data=cfg.data,
+                        family=cfg.family,
+                        tag=tag,
+                        config=cfg.to_dict(),
+                    )
                     payload = [str(run), 0, None]
             except ImagesynthError as exc:
                 payload = [None, 0, str(exc)]
@@ -262,8 +272,14 @@ class Trainer:
                 )
                 torch.manual_seed(step_seed(cfg.seed, self.rank, step, micro, p_i, 1))
                 idx = self.order.indices(step * cfg.grad_accum + micro)
-                batch = make_batch(self.data, idx, flip=cfg.flip, generator=gen,
-                                   device=self.device, channels_last=cfg.channels_last)  # fmt: skip
+                batch = make_batch(
+                    self.data,
+                    idx,
+                    flip=cfg.flip,
+                    generator=gen,
+                    device=self.device,
+                    channels_last=self.channels_last,
+                )
                 with contextlib.ExitStack() as stack:
                     if micro < cfg.grad_accum - 1:
                         for net in nets:
@@ -298,8 +314,13 @@ class Trainer:
         }
         x = self.family.sample(nets, self.cfg.sample_n, seed=1234)
         grid = make_grid(tensor_to_pil(x), nrow=math.ceil(math.sqrt(self.cfg.sample_n)))
-        params = {"prompt": f"training samples at step {step}", "seed": 1234, "step": step,
-                  "run": self.run_dir.name, **self.family.sample_params()}  # fmt: skip
+        params = {
+            "prompt": f"training samples at step {step}",
+            "seed": 1234,
+            "step": step,
+            "run": self.run_dir.name,
+            **self.family.sample_params(),
+        }
         save_png(grid, self.run_dir / "samples" / f"step-{step:08d}.png", params)
 
     def _plot(self) -> None:
@@ -315,8 +336,14 @@ class Trainer:
         self.t_start = time.perf_counter()
         step = self.start_step
         total = cfg.steps
-        bar = tqdm(total=total, initial=step, desc=f"train {cfg.family}", unit="step",
-                   disable=not (self.main and cfg.progress), dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=total,
+            initial=step,
+            desc=f"train {cfg.family}",
+            unit="step",
+            disable=not (self.main and cfg.progress),
+            dynamic_ncols=True,
+        )
         stats_path = self.run_dir / "stats.jsonl"
         bad_run, losses, extras_acc, t_log, n_log = 0, [], {}, time.perf_counter(), 0
         stopped = "done"
@@ -367,7 +394,11 @@ class Trainer:
                             for k, v in rec.items():
                                 if k != "step":
                                     self.tb.add_scalar(k, v, step)
-                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+                    post = {"loss": f"{mean:.4f}", "img_s": f"{rec['images_per_s']:.0f}"}
+                    if cfg.minutes is not None:  # the time budget's ETA when it binds
+                        left = max(0.0, cfg.minutes * 60 - rec["elapsed_s"])
+                        post["left"] = time.strftime("%H:%M:%S", time.gmtime(left))
+                    bar.set_postfix(post)
                     losses, extras_acc, t_log, n_log = [], {}, now, 0
                 if step % cfg.sample_every == 0:
                     self._write_samples(step)
@@ -386,11 +417,14 @@ class Trainer:
         self._plot()
         model_dir = None
         if self.main:
-            nets = {k: (self.emas[k].module if k in self.emas else self.raw_nets[k])
-                    for k in self.raw_nets}  # fmt: skip
-            record = {"dataset": self.data_desc,
-                      "recipe": {**self.cfg.to_dict(), "trained_steps": step,
-                                 "run": self.run_dir.name}}  # fmt: skip
+            nets = {
+                k: (self.emas[k].module if k in self.emas else self.raw_nets[k])
+                for k in self.raw_nets
+            }
+            record = {
+                "dataset": self.data_desc,
+                "recipe": {**self.cfg.to_dict(), "trained_steps": step, "run": self.run_dir.name},
+            }
             model_dir = self.family.save(self.run_dir / "model", nets, record)
         if self.tb is not None:
             self.tb.close()
