@@ -187,3 +187,14 @@ def test_lr_schedule():
     assert lr_factor(cfg, 55) == pytest.approx(0.5) and lr_factor(cfg, 100) == pytest.approx(0)
     const = TrainConfig(steps=100, warmup_steps=0, lr_schedule="constant")
     assert lr_factor(const, 50) == 1.0
+
+
+def test_tensorboard_option(tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImagesynthError, match="pip install tensorboard"):
+            Trainer(_cfg(tmp_path, tensorboard=True))
+        return
+    res = Trainer(_cfg(tmp_path, tensorboard=True, steps=2)).train()
+    assert any((res.run_dir / "tensorboard").iterdir())
