@@ -143,9 +143,11 @@ def datasets_export(
 
 
 def _register_commands() -> None:
+    from .estimate import register as register_estimate
     from .train import register
 
     register(app)
+    register_estimate(app)
 
 
 _register_commands()

@@ -1,0 +1,138 @@
+"""Estimator accuracy: predicted against measured time and peak memory on this machine.
+
+The only model family implemented so far is pixel diffusion, so the grid is its `tiny` and
+`small` presets at 16-64 px, generating (DDIM, 10 steps) and training (AdamW + EMA, one
+step), at several batch sizes. The CPU is calibrated first (`imagesynth estimate
+--calibrate`); each workload then runs in a fresh process (so its resident-memory growth is
+its own), timed after a warm-up, median of repeats. Targets (issue 7): time within +-25 %
+and peak memory within +-15 % for at least 10 of 12 workloads. A second table sets the
+predictions for SD 1.5 (512 px, fp16, CFG) beside the it/s diffusers published for
+torch 2.0 without compile (docs/source/en/optimization/torch2.0.mdx); those figures were
+also used to fit the GPU efficiencies (batch 4), so batch 1 and 16 are the held-out ones.
+
+    python bench/estimator_accuracy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from common import command_line, write_result
+
+# (preset, task, size, batch, cfg)
+GRID = [
+    ("tiny", "generate", 16, 1, False),
+    ("tiny", "generate", 32, 1, False),
+    ("tiny", "generate", 32, 8, False),
+    ("tiny", "generate", 64, 4, False),
+    ("tiny", "generate", 32, 4, True),
+    ("small", "generate", 16, 1, False),
+    ("small", "generate", 32, 4, False),
+    ("small", "generate", 64, 1, False),
+    ("tiny", "train", 16, 32, False),
+    ("tiny", "train", 32, 16, False),
+    ("tiny", "train", 64, 8, False),
+    ("small", "train", 16, 16, False),
+    ("small", "train", 32, 8, False),
+    ("small", "train", 64, 4, False),
+]
+# it/s of SD 1.5 txt2img, fp16, 512 px, CFG, torch 2.0 without compile (diffusers docs)
+PUBLISHED = {
+    ("rtx4090", 1): 40.5,
+    ("rtx4090", 4): 12.62,
+    ("rtx4090", 16): 3.17,
+    ("a100-80g", 1): 21.66,
+    ("a100-80g", 4): 11.6,
+    ("a100-80g", 16): 3.04,
+    ("rtx3090", 1): 22.56,
+    ("v100", 1): 18.99,
+    ("t4", 1): 6.9,
+}
+STEPS = 10
+
+
+def measure_one(spec: str) -> None:
+    """Child process: run one workload and print its measured figures as JSON."""
+    import torch
+
+    from imagesynth.estimator.predict import measure
+
+    preset, task, size, batch, cfg = json.loads(spec)
+    torch.manual_seed(0)
+    repeats = 3 if task == "generate" else 8
+    out = measure(preset, task=task, size=size, steps=STEPS, batch=batch, cfg=cfg, repeats=repeats)
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--no-calibrate", action="store_true", help="use the stored CPU profile")
+    args = ap.parse_args()
+    if args.one:
+        measure_one(args.one)
+        return
+
+    from imagesynth.estimator import calibrate, estimate, get_device
+
+    dev = get_device("cpu") if args.no_calibrate else calibrate()
+    print(f"device: {dev.description}; measured {dev.measured}")
+    rows = []
+    header = (
+        f"{'workload':<28} {'pred s/img':>10} {'meas s/img':>10} {'ratio':>6} "
+        f"{'pred MiB':>9} {'meas MiB':>9} {'ratio':>6}"
+    )
+    print(header)
+    for preset, task, size, batch, cfg in GRID:
+        name = f"{preset}_{task}_{size}px_b{batch}" + ("_cfg" if cfg else "")
+        spec = json.dumps([preset, task, size, batch, cfg])
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", spec], capture_output=True, text=True, check=True
+        )
+        meas = json.loads(proc.stdout.strip().splitlines()[-1])
+        rep = estimate(preset, task=task, size=size, steps=STEPS, batch=batch, cfg=cfg)
+        t_ratio = rep.seconds_per_image / meas["seconds_per_image"]
+        m_ratio = rep.memory["total"] / max(meas["peak_bytes"], 1.0)
+        rows.append((name, rep, meas, t_ratio, m_ratio))
+        print(
+            f"{name:<28} {rep.seconds_per_image:>10.4g} {meas['seconds_per_image']:>10.4g} "
+            f"{t_ratio:>6.2f} {rep.memory['total'] / 2**20:>9.1f} "
+            f"{meas['peak_bytes'] / 2**20:>9.1f} {m_ratio:>6.2f}"
+        )
+    time_ok = sum(abs(r[3] - 1) <= 0.25 for r in rows)
+    mem_ok = sum(abs(r[4] - 1) <= 0.15 for r in rows)
+    print(f"time within 25 %: {time_ok} of {len(rows)}; memory within 15 %: {mem_ok}")
+    figures: dict[str, float | int | str] = {
+        "estimator_time_within_25pct_count": time_ok,
+        "estimator_memory_within_15pct_count": mem_ok,
+        "estimator_workloads": len(rows),
+        "cpu_matmul_gflops": dev.measured.get("matmul_gflops", 0.0),
+        "cpu_conv_gflops": dev.measured.get("conv_gflops", 0.0),
+        "cpu_bandwidth_gbs": dev.measured.get("bandwidth_gbs", 0.0),
+    }
+    for name, rep, meas, t_ratio, m_ratio in rows:
+        figures[f"{name}_predicted_s_per_image"] = rep.seconds_per_image
+        figures[f"{name}_measured_s_per_image"] = meas["seconds_per_image"]
+        figures[f"{name}_time_ratio"] = t_ratio
+        figures[f"{name}_predicted_peak_mib"] = rep.memory["total"] / 2**20
+        figures[f"{name}_measured_peak_mib"] = meas["peak_bytes"] / 2**20
+        figures[f"{name}_memory_ratio"] = m_ratio
+    print(f"\n{'SD 1.5 512 px fp16 CFG':<24} {'predicted it/s':>14} {'published':>10} {'ratio':>6}")
+    for (gpu, batch), published in PUBLISHED.items():
+        rep = estimate("sd15", size=512, steps=50, batch=batch, device=gpu, cfg=True)
+        its = 1.0 / rep.seconds_per_step
+        print(
+            f"{gpu + ' batch ' + str(batch):<24} {its:>14.2f} {published:>10.2f} "
+            f"{its / published:>6.2f}"
+        )
+        key = f"sd15_{gpu.replace('-', '_')}_b{batch}"
+        figures[f"{key}_predicted_it_s"] = its
+        figures[f"{key}_published_it_s"] = published
+    write_result("estimator_accuracy", figures, command_line())
+
+
+if __name__ == "__main__":
+    main()

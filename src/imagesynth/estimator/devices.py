@@ -1,0 +1,352 @@
+"""Devices the estimator knows: vendors' data-sheet figures for GPUs, a measured CPU profile.
+
+Peak figures are dense (no structured sparsity) tensor-core throughput for fp16 / bf16 with
+fp32 accumulation, and the plain (non-tensor-core) fp32 rate, since PyTorch does not use TF32
+for matmuls by default. `None` means the GPU has no fast path for that dtype (T4 / V100 bf16).
+Sources: NVIDIA's data sheets and architecture whitepapers (Ada: RTX 4090, L4; Ampere:
+RTX 3090, A100, A10; Hopper: H100 SXM; Turing: T4; Volta: V100 SXM2). "a10g" (AWS) uses
+the A10 data sheet: NVIDIA publishes no separate A10G sheet.
+
+The local CPU has no data sheet: `calibrate()` measures it (matmul and convolution throughput
+with a per-op latency fitted from several sizes, memory bandwidth, per-op and per-module
+overheads) and stores the profile as JSON under the cache directory
+(`~/.cache/imagesynth`, or `$IMAGESYNTH_CACHE`) as `device-<hostname>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ImagesynthError, unknown_name
+
+GIB = 1024**3
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class Device:
+    """Throughput and memory of one device, as the time model reads them."""
+
+    name: str
+    kind: str  # "gpu" | "cpu"
+    tflops: dict[str, float | None]  # dtype -> peak dense TFLOP/s (matmul / conv units)
+    memory_gib: float
+    bandwidth_gbs: float  # memory bandwidth, GB/s
+    description: str = ""
+    # efficiency of layer types at large sizes (fraction of peak); the size dependence is
+    # eff(f) = eff_max * f / (f + peak * op_latency_s), i.e. a fixed latency per kernel
+    efficiency: dict[str, float] = field(
+        default_factory=lambda: {"conv": 0.55, "matmul": 0.65, "attention": 0.45, "memory": 0.75}
+    )
+    op_latency_us: float = 4.0  # device-side time of an empty kernel
+    launch_us: float = 9.0  # host-side cost of one eager op (floor of a step at batch 1)
+    module_us: float = 0.0  # Python cost of one nn.Module call (CPU profiles measure it)
+    train_launch_us: float | None = None  # per op with autograd recording (None: launch_us)
+    runtime_overhead_bytes: float = 0.0  # CUDA context / oneDNN caches etc. not in tensors
+    allocator_overhead: float = 0.10  # caching allocator's fragmentation on top of tensors
+    measured: dict[str, float] = field(default_factory=dict)  # calibration raw figures
+
+    def peak_flops(self, dtype: str) -> float:
+        """Peak FLOP/s for a dtype; an error names the dtypes this device runs fast."""
+        value = self.tflops.get(dtype)
+        if not value:
+            ok = [d for d in DTYPES if self.tflops.get(d)]
+            raise ImagesynthError(
+                f"device {self.name!r} has no fast {dtype} path; use one of: {', '.join(ok)}"
+            )
+        return value * 1e12
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _gpu(
+    name: str,
+    fp16: float,
+    bf16: float | None,
+    fp32: float,
+    mem: float,
+    bw: float,
+    description: str,
+    fit: float = 1.0,
+) -> Device:
+    eff = {"conv": 0.55 * fit, "matmul": 0.65 * fit, "attention": 0.45 * fit, "memory": 0.75}
+    return Device(
+        name,
+        "gpu",
+        {"fp32": fp32, "fp16": fp16, "bf16": bf16},
+        mem,
+        bw,
+        description,
+        efficiency=eff,
+        op_latency_us=12.0,
+        launch_us=9.0,
+        module_us=0.0,
+        runtime_overhead_bytes=0.4 * GIB,  # CUDA context + cuDNN / cuBLAS workspaces
+    )
+
+
+# name -> data-sheet figures: dense fp16 / bf16 tensor TFLOP/s (fp32 accumulate), fp32
+# TFLOP/s, memory GiB (as sold, GB), bandwidth GB/s; `fit` scales the default compute
+# efficiencies so that SD 1.5 txt2img (512 px, fp16, CFG, batch 4) matches the it/s that
+# diffusers' "Accelerated PyTorch 2.0" page reports for torch 2.0 without compile
+# (docs/source/en/optimization/torch2.0.mdx); GPUs without a published figure keep 1.0
+# (not validated).
+GPUS: dict[str, Device] = {
+    d.name: d
+    for d in (
+        _gpu("rtx4090", 165.2, 165.2, 82.6, 24, 1008, "NVIDIA GeForce RTX 4090 (Ada)", 1.285),
+        _gpu("rtx3090", 71.0, 71.0, 35.6, 24, 936, "NVIDIA GeForce RTX 3090 (Ampere)", 1.268),
+        _gpu("a100-40g", 312.0, 312.0, 19.5, 40, 1555, "NVIDIA A100 40GB SXM", 0.515),
+        _gpu("a100-80g", 312.0, 312.0, 19.5, 80, 2039, "NVIDIA A100 80GB SXM", 0.515),
+        _gpu("h100", 989.4, 989.4, 66.9, 80, 3350, "NVIDIA H100 SXM5 80GB (not validated)"),
+        _gpu("l4", 121.0, 121.0, 30.3, 24, 300, "NVIDIA L4 (not validated)"),
+        _gpu("t4", 65.0, None, 8.1, 16, 320, "NVIDIA T4 (no bf16)", 0.364),
+        _gpu(
+            "a10g", 125.0, 125.0, 31.2, 24, 600, "NVIDIA A10 data sheet (AWS A10G; not validated)"
+        ),
+        _gpu("v100", 125.0, None, 15.7, 32, 900, "NVIDIA V100 SXM2 32GB (no bf16)", 0.658),
+    )
+}
+REFERENCE_GPU = "rtx4090"  # quick mode's --gpu-speed 1.0
+
+
+def cache_dir() -> Path:
+    """Where profiles and FLOP-count caches live: $IMAGESYNTH_CACHE or ~/.cache/imagesynth."""
+    env = os.environ.get("IMAGESYNTH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "imagesynth"
+
+
+def profile_path() -> Path:
+    return cache_dir() / f"device-{socket.gethostname()}.json"
+
+
+def device_names() -> list[str]:
+    return [*GPUS, "cpu"]
+
+
+def get_device(name: str) -> Device:
+    """A device by name: a GPU from the table, or "cpu" (the calibrated local CPU)."""
+    key = name.lower().strip()
+    if key in GPUS:
+        return GPUS[key]
+    if key == "cpu":
+        return load_cpu_profile()
+    raise unknown_name("device", name, device_names())
+
+
+def load_cpu_profile() -> Device:
+    """The stored profile of this machine's CPU, or a rough default (run `--calibrate`)."""
+    path = profile_path()
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            return Device(**data)
+        except (ValueError, TypeError) as exc:
+            raise ImagesynthError(
+                f"device profile {path} is unreadable ({exc}); run `imagesynth estimate "
+                "--calibrate` again"
+            ) from None
+    return _default_cpu()
+
+
+def _default_cpu() -> Device:
+    from ..env import memory_info
+
+    total = memory_info()["total_bytes"] or 8 * GIB
+    cores = os.cpu_count() or 1
+    return Device(
+        "cpu",
+        "cpu",
+        {"fp32": 0.05 * cores, "fp16": 0.005 * cores, "bf16": 0.005 * cores},
+        total / GIB,
+        10.0,
+        f"uncalibrated {cores}-core CPU (run `imagesynth estimate --calibrate`)",
+        efficiency={"conv": 1.0, "matmul": 1.0, "attention": 0.5, "memory": 1.0},
+        op_latency_us=20.0,
+        launch_us=6.0,
+        module_us=8.0,
+        runtime_overhead_bytes=60e6,
+        allocator_overhead=0.0,
+    )
+
+
+def _fit_latency(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """t = x / rate + t0 over (x, seconds) points, sorted by x; returns (rate, t0 >= 0).
+
+    The rate comes from the largest point's increment over the smallest (robust to noise
+    that can make a least-squares slope negative), t0 from the smallest point.
+    """
+    pts = sorted(points)
+    (x0, t0), (x1, t1) = pts[0], pts[-1]
+    rate = (x1 - x0) / (t1 - t0) if t1 > t0 else x1 / t1
+    return rate, max(t0 - x0 / rate, 0.0)
+
+
+def _time(fn: Any, reps: int) -> float:
+    """Median-of-3 seconds per call of fn, after one warm-up call."""
+    fn()
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        runs.append((time.perf_counter() - t) / reps)
+    return sorted(runs)[1]
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+# a minimal diffusers UNet (not one of the presets) whose run time at 8 px is almost all
+# dispatch: it calibrates the host cost per op of diffusers-style eager code
+_OVERHEAD_UNET = {
+    "sample_size": 8,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [8, 8],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 4,
+    "attention_head_dim": 8,
+}
+
+
+def calibrate(quick: bool = False, save: bool = True) -> Device:
+    """Measure this machine's CPU (throughput, bandwidth, overheads) and store the profile.
+
+    `quick=True` uses fewer and smaller sizes (about a second; for tests).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..env import memory_info
+
+    # runtime memory: what the first small conv / linear / backward leave resident
+    # (oneDNN primitives, thread pools), measured before anything large is allocated
+    rss0 = _rss_bytes()
+    xs = torch.randn(2, 8, 8, 8, requires_grad=True)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    lin = torch.nn.Linear(8, 8)
+    lin(conv(xs).permute(0, 2, 3, 1)).sum().backward()
+    runtime = max(_rss_bytes() - rss0, 0)
+    del xs, conv, lin
+    scale = 1 if quick else 2
+    reps = 2 if quick else 5
+    # matmul: (n x n) @ (n x n), 2 n^3 FLOPs
+    mm_pts = []
+    for n in (64, 256, 512 * scale):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        mm_pts.append((2.0 * n**3, _time(lambda a=a, b=b: a @ b, reps)))
+    mm_rate, mm_t0 = _fit_latency(mm_pts)
+    # convolution 3x3, c -> c channels, at several sizes (2 * 9 c^2 H W B FLOPs)
+    conv_pts = []
+    for c, hw, bsz in ((16, 8, 1), (32, 16, 4), (64, 16 * scale, 8)):
+        x, w = torch.randn(bsz, c, hw, hw), torch.randn(c, c, 3, 3)
+        flops = 2.0 * 9 * c * c * hw * hw * bsz
+        conv_pts.append((flops, _time(lambda x=x, w=w: F.conv2d(x, w, padding=1), reps)))
+    conv_rate, conv_t0 = _fit_latency(conv_pts)
+    # bandwidth: elementwise add reads 2 and writes 1 tensor
+    bw_pts = []
+    for n in (1 << 12, 1 << 20, (1 << 22) * scale):
+        x, y = torch.randn(n), torch.randn(n)
+        bw_pts.append((3.0 * 4 * n, _time(lambda x=x, y=y: torch.add(x, y), reps)))
+    bw_rate, mem_t0 = _fit_latency(bw_pts)
+    del a, b, x, y, w
+    # Python cost of an nn.Module call, beyond the op it wraps
+
+    class _Empty(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    v = torch.randn(4, 4)
+    empty = _Empty()
+    view = _time(lambda: v.view(16), 200)
+    module = max(_time(lambda: empty(v), 200) - view, 0.0)
+    # bf16 matmul (often no fast path on CPUs)
+    a16, b16 = torch.randn(256, 256).bfloat16(), torch.randn(256, 256).bfloat16()
+    bf16_rate = 2.0 * 256**3 / _time(lambda: a16 @ b16, reps)
+    launch, train_launch = _dispatch_overhead(module, 2 if quick else 20)
+    total = memory_info()["total_bytes"] or 8 * GIB
+    peak = max(mm_rate, conv_rate)
+    dev = Device(
+        name="cpu",
+        kind="cpu",
+        tflops={"fp32": peak / 1e12, "fp16": bf16_rate / 1e12, "bf16": bf16_rate / 1e12},
+        memory_gib=total / GIB,
+        bandwidth_gbs=bw_rate / 1e9,
+        description=f"{os.cpu_count()}-core CPU of {socket.gethostname()}, "
+        f"{torch.get_num_threads()} torch threads (calibrated {time.strftime('%Y-%m-%d')})",
+        efficiency={
+            "conv": conv_rate / peak,
+            "matmul": mm_rate / peak,
+            "attention": 0.5 * mm_rate / peak,
+            "memory": 1.0,
+        },
+        op_latency_us=1e6 * max((mm_t0 + conv_t0) / 2 - launch, 0.0),
+        launch_us=1e6 * launch,
+        module_us=1e6 * module,
+        train_launch_us=1e6 * train_launch,
+        runtime_overhead_bytes=float(runtime),
+        allocator_overhead=0.0,
+        measured={
+            "matmul_gflops": mm_rate / 1e9,
+            "conv_gflops": conv_rate / 1e9,
+            "bandwidth_gbs": bw_rate / 1e9,
+            "bf16_matmul_gflops": bf16_rate / 1e9,
+            "matmul_latency_us": 1e6 * mm_t0,
+            "conv_latency_us": 1e6 * conv_t0,
+            "elementwise_latency_us": 1e6 * mem_t0,
+            "view_op_us": 1e6 * view,
+            "module_call_us": 1e6 * module,
+            "dispatch_per_op_us": 1e6 * launch,
+            "train_dispatch_per_op_us": 1e6 * train_launch,
+            "quick": float(quick),
+        },
+    )
+    if save:
+        path = profile_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dev.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+    return dev
+
+
+def _dispatch_overhead(module_s: float, reps: int) -> tuple[float, float]:
+    """Host seconds per op of eager diffusers code (inference, training), from a minimal UNet.
+
+    At 8 px its kernels are tiny, so time less module calls, over (ops + 0.3 views), is
+    dispatch; training runs forward with autograd recording plus backward.
+    """
+    import torch
+    from diffusers import UNet2DModel
+
+    from .count import count_call
+
+    torch.manual_seed(0)
+    net = UNet2DModel(**_OVERHEAD_UNET)
+    x, t = torch.randn(1, 3, 8, 8), torch.tensor([10])
+    with torch.no_grad():
+        secs = _time(lambda: net(x, t), reps)
+    train_secs = _time(lambda: net(x, t).sample.pow(2).mean().backward(), reps)
+    with torch.device("meta"):
+        meta_net = UNet2DModel(**_OVERHEAD_UNET)
+        mx, mt = torch.empty(1, 3, 8, 8), torch.empty(1, dtype=torch.long)
+    c = count_call(meta_net, {"sample": mx, "timestep": mt}, train=True)
+    ops = len(c.ops["fwd"]) + 0.3 * c.views["fwd"]
+    train_ops = ops + len(c.ops["bwd"]) + 0.3 * c.views["bwd"]
+    modules = c.module_calls * module_s
+    return max(secs - modules, 0.0) / ops, max(train_secs - modules, 0.0) / train_ops

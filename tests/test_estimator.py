@@ -1,0 +1,258 @@
+"""The resource estimator: counts on meta, the time / memory model, quick mode, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from imagesynth.cli.main import app
+from imagesynth.errors import ImagesynthError
+from imagesynth.estimator import estimate, quick_estimate
+from imagesynth.estimator.arch import build_part, get_arch
+from imagesynth.estimator.count import count_call
+from imagesynth.estimator.devices import get_device, profile_path
+from imagesynth.estimator.predict import COMPLEXITY
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Profiles and FLOP caches go to a fresh folder per test."""
+    monkeypatch.setenv("IMAGESYNTH_CACHE", str(tmp_path / "cache"))
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_flops_match_analytic_count_and_flop_counter_mode():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b = 2
+    conv = 2 * b * 16 * 16 * 8 * 3 * 9  # 2 x outputs x (C_in x k x k) MACs
+    fc = 2 * b * 8 * 16 * 16 * 10
+    with torch.device("meta"):
+        net = _Tiny()
+        x = torch.empty(b, 3, 16, 16)
+    counts = count_call(net, {"x": x}, train=True)
+    assert counts.flops_forward == conv + fc
+    assert counts.param_count == sum(p.numel() for p in _Tiny().parameters())
+    # backward: grad wrt conv weight (no grad wrt the input image) + fc input and weight
+    assert counts.flops_backward == conv + 2 * fc
+    real = _Tiny()
+    xr = torch.randn(b, 3, 16, 16)
+    with FlopCounterMode(display=False) as fc_mode:
+        real(xr).float().pow(2).mean().backward()
+    assert counts.flops_forward + counts.flops_backward == fc_mode.get_total_flops()
+    # memory: the forward's live set holds at least the conv output; training saves more
+    assert counts.peak_live_bytes >= b * 8 * 16 * 16 * 4
+    assert counts.saved_bytes >= b * 8 * 16 * 16 * 4
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_sdxl_builds_on_meta_without_allocating():
+    arch = get_arch("sdxl")
+    unet = next(p for p in arch.parts if p.role == "unet")
+    before = _rss()
+    model = build_part(unet, torch.float16)
+    grown = _rss() - before
+    params = list(model.parameters())
+    assert all(p.is_meta for p in params)
+    n = sum(p.numel() for p in params)
+    assert 2.5e9 < n < 2.7e9  # SDXL base UNet: 2.57 B parameters
+    assert grown < 0.05 * n * 2  # far below the 5 GB of fp16 weights
+
+
+def test_time_is_linear_in_steps():
+    rs = [estimate("sd15", steps=s, device="rtx4090", cfg=True) for s in (10, 20, 30)]
+    t = [r.seconds_per_image for r in rs]
+    assert t[2] - t[1] == pytest.approx(t[1] - t[0], rel=1e-9)
+    assert t[1] - t[0] == pytest.approx(10 * rs[0].seconds_per_step, rel=1e-9)
+    tiny = [estimate("tiny", size=16, steps=s).seconds_per_image for s in (10, 40)]
+    assert tiny[1] / tiny[0] == pytest.approx(4.0, rel=1e-9)  # pixel model: no VAE, no text
+
+
+def test_flops_and_time_grow_about_quadratically_with_size():
+    # large enough to be compute-bound (a tiny net on a GPU is launch-bound: flat in size)
+    a = estimate("sd15", size=512, steps=10, batch=2, device="a100-80g")
+    b = estimate("sd15", size=1024, steps=10, batch=2, device="a100-80g")
+    # ~4x from convolutions, more from attention's (tokens^2 = size^4) part at 128^2 latents
+    assert 4.0 < b.flops_per_image / a.flops_per_image < 6.5
+    assert 3.5 < b.seconds_per_image / a.seconds_per_image < 7.0
+    assert 2.5 < b.memory["activations"] / a.memory["activations"] < 4.5
+
+
+def test_train_memory_breakdown():
+    r = estimate("tiny", task="train", size=32, batch=4)
+    n = r.parameters
+    assert r.memory["optimizer"] == 8 * n and r.memory["gradients"] == 4 * n
+    assert r.memory["ema"] == 4 * n and r.memory["master_weights"] == 0  # fp32 on CPU
+    assert r.memory["activations"] > 0 and r.fits
+    assert r.memory["total"] == pytest.approx(sum(v for k, v in r.memory.items() if k != "total"))
+
+
+def test_slicing_materialises_scores_sdpa_does_not():
+    sdpa = estimate("sd15", device="t4", cfg=True, attention="sdpa")
+    sliced = estimate("sd15", device="t4", cfg=True, attention="slicing")
+    assert sdpa.memory["attention"] == 0
+    # the largest score slice: 4 heads x 4096 x 4096 tokens x 2 (scores, probs) x fp16
+    assert sliced.memory["attention"] == 2 * 4 * 4096 * 4096 * 2
+    assert sliced.seconds_per_image > sdpa.seconds_per_image
+
+
+def test_verdict_and_largest_batch():
+    r = estimate("sdxl", size=1024, batch=1, device="t4", cfg=True)
+    assert r.fits  # ~7 GiB of fp16 weights + activations in 16 GB
+    big = estimate("sdxl", size=1024, batch=r.max_batch + 1, device="t4", cfg=True)
+    assert not big.fits
+    assert r.max_size >= 1024 and r.max_size % 8 == 0
+
+
+def test_quick_mode_maps_complexities_and_agrees_with_exact_mode():
+    assert [COMPLEXITY[i][0] for i in range(1, 6)] == [
+        "tiny",
+        "small",
+        "sd15",
+        "sdxl",
+        "sdxl-refiner",
+    ]
+    q = quick_estimate(resolution=512, steps=30, complexity=3, gpu_speed=1.0)
+    e = estimate("sd15", size=512, steps=30, device="rtx4090", dtype="fp16", cfg=True)
+    # the same architecture on the same device: equal to rounding (tolerance 0.1 %)
+    assert q.seconds_per_image == pytest.approx(e.seconds_per_image, rel=1e-3)
+    assert q.memory["total"] == pytest.approx(e.memory["total"], rel=1e-3)
+    half = quick_estimate(resolution=512, steps=30, complexity=3, gpu_speed=2.0)
+    assert half.seconds_per_image == pytest.approx(q.seconds_per_image / 2, rel=1e-6)
+    q1 = quick_estimate(resolution=32, steps=30, complexity=1)
+    assert "tiny" in q1.notes[0] and q1.parameters < 2e6
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: estimate("tiny", device="rtx9090"), "rtx4090"),
+        (lambda: estimate("nosuchmodel"), "sd15"),
+        (lambda: estimate("tiny", size=30), "multiple of 4"),
+        (lambda: estimate("sd15", size=500, device="a100-80g"), "multiple of 8"),
+        (lambda: estimate("tiny", task="finetune"), "generate"),
+        (lambda: estimate("sd15", device="t4", dtype="bf16"), "fp16"),
+        (lambda: quick_estimate(complexity=0), "got 0"),
+        (lambda: quick_estimate(complexity=6), "got 6"),
+        (lambda: quick_estimate(gpu_speed=0.0), "got 0.0"),
+        (lambda: quick_estimate(gpu_speed=-1.5), "got -1.5"),
+    ],
+)
+def test_bad_input_is_one_clear_line(call, needle):
+    with pytest.raises(ImagesynthError) as err:
+        call()
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_cli_estimate_table_and_json():
+    runner = CliRunner()
+    res = runner.invoke(app, ["estimate", "--model", "sd15", "--device", "rtx4090", "--cfg"])
+    assert res.exit_code == 0, res.output
+    assert "time per image" in res.output and "fits" in res.output
+    res = runner.invoke(app, ["estimate", "--complexity", "4", "--resolution", "1024", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["model"] == "sdxl" and data["memory"]["total"] > 5 * 2**30
+
+
+def test_cli_measure_runs_tiny_and_prints_both():
+    runner = CliRunner()
+    args = ["estimate", "--model", "tiny", "--size", "16", "--steps", "2", "--measure"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "predicted" in res.output and "measured" in res.output
+    assert "s / image" in res.output and "peak MiB" in res.output
+
+
+def test_calibrate_writes_a_profile():
+    runner = CliRunner()
+    res = runner.invoke(app, ["estimate", "--calibrate", "--quick-calibration"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(profile_path().read_text())
+    assert data["kind"] == "cpu" and data["measured"]["matmul_gflops"] > 0
+    dev = get_device("cpu")
+    assert dev.tflops["fp32"] > 0 and dev.bandwidth_gbs > 0
+    assert "uncalibrated" not in estimate("tiny", size=16, steps=2).notes
+
+
+def test_cached_estimate_is_fast_and_skips_diffusers(tmp_path):
+    estimate("sd15", device="rtx4090", cfg=True)  # fills the disk cache
+    code = (
+        "import sys, time; t = time.perf_counter();"
+        "from imagesynth.estimator import estimate;"
+        "r = estimate('sd15', device='rtx4090', cfg=True);"
+        "print(time.perf_counter() - t, 'diffusers' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    ).stdout.split()
+    assert float(out[0]) < 2.0 and out[1:] == ["False", "False"]
+
+
+def test_import_estimator_does_not_import_torch():
+    code = "import sys, imagesynth.estimator; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_model_directory_is_estimated_from_its_saved_config(tmp_path):
+    from diffusers import UNet2DModel
+
+    from imagesynth.models.diffusion import (
+        DiffusionOptions,
+        save_diffusion_model,
+        scheduler_config,
+        unet_config,
+    )
+    from imagesynth.training.family import DataInfo
+
+    opts = DiffusionOptions(preset="tiny")
+    cfg = unet_config(opts, DataInfo("digits", 16, 1, 10))
+    path = save_diffusion_model(
+        tmp_path / "model", UNet2DModel(**cfg), scheduler_config(opts), {"unet": cfg}, {}
+    )
+    r = estimate(str(path), size=16, steps=4)
+    assert r.size == 16 and r.parameters == sum(p.numel() for p in UNet2DModel(**cfg).parameters())
+    assert r.flops_per_image > 0
+    with pytest.raises(ImagesynthError, match="multiple of 4"):
+        estimate(str(path), size=18)
+
+
+def test_diffusers_pipeline_folder_matches_the_named_architecture(tmp_path):
+    from imagesynth.estimator.arch import SD15_UNET, SD_VAE
+
+    def write(sub, cls, cfg):
+        (tmp_path / sub).mkdir()
+        body = {
+            "_class_name": cls,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        }
+        (tmp_path / sub / "config.json").write_text(json.dumps(body))
+
+    write("unet", "UNet2DConditionModel", SD15_UNET)
+    write("vae", "AutoencoderKL", SD_VAE)
+    write("text_encoder", "CLIPTextModel", {"hidden_size": 768, "num_hidden_layers": 12})
+    folder = estimate(str(tmp_path), device="rtx4090", cfg=True)
+    named = estimate("sd15", device="rtx4090", cfg=True)
+    assert folder.size == 512 and folder.parameters == named.parameters
+    assert folder.seconds_per_image == pytest.approx(named.seconds_per_image, rel=1e-6)
