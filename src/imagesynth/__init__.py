@@ -5,10 +5,11 @@ Importing this package is cheap: torch and the heavy parts load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._lazy import lazy_getattr
+
+__version__ = "0.2.0"
 
 # public name -> module that defines it (imported on first attribute access)
 _LAZY = {
@@ -40,13 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .training.config import TrainConfig
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imagesynth' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

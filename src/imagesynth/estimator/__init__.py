@@ -9,8 +9,9 @@ Importing this package is cheap: torch and diffusers load only when a count is n
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "estimate": "imagesynth.estimator.predict",
@@ -33,10 +34,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .predict import COMPLEXITY, Report, estimate, measure, quick_estimate
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imagesynth.estimator' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
