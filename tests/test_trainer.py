@@ -139,7 +139,7 @@ def test_resume_with_incompatible_config_names_keys(tmp_path):
         ({"data": "mnist"}, "unknown dataset 'mnist'"),
         ({"family_options": {"preset": "huge"}}, "unknown preset 'huge'; expected one of: base"),
         ({"family_options": {"objective": "score"}}, "unknown objective"),
-        ({"cond": "text"}, "cond must be"),
+        ({"cond": "image"}, "cond must be"),
         ({"data": "folder:/nonexistent/pics"}, "does not exist"),
         ({"mixed_precision": "bf16"}, "needs a GPU"),
         ({"family_options": {"colour": 1}}, "bad diffusion option"),

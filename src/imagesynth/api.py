@@ -31,12 +31,23 @@ def load(path: str | os.PathLike, device: str | None = None, allow_pickle: bool 
             from .pipelines.diffusion import DiffusionPipeline
 
             return DiffusionPipeline.from_diffusers(path, device=device, allow_pickle=allow_pickle)
-        raise ImagesynthError(f"{path}: diffusers pipeline {cls_name!r} is not supported yet")
+        if cls_name in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"):
+            from .pipelines.text2image import TextToImage
+
+            return TextToImage.from_diffusers(path, device=device, allow_pickle=allow_pickle)
+        raise ImagesynthError(
+            f"{path}: diffusers pipeline {cls_name!r} is not supported; supported: "
+            "DDPMPipeline, DDIMPipeline, StableDiffusionPipeline"
+        )
     family = load_model(path, allow_pickle=allow_pickle).family
     if family == "diffusion":
         from .pipelines.diffusion import DiffusionPipeline
 
         return DiffusionPipeline.from_pretrained(path, device=device, allow_pickle=allow_pickle)
+    if family == "latent-diffusion":
+        from .pipelines.text2image import TextToImage
+
+        return TextToImage.from_pretrained(path, device=device, allow_pickle=allow_pickle)
     raise ImagesynthError(f"{path}: no pipeline for model family {family!r} yet")
 
 

@@ -144,8 +144,10 @@ def datasets_export(
 
 def _register_commands() -> None:
     from .estimate import register as register_estimate
+    from .generate import register as register_generate
     from .train import register
 
+    register_generate(app)
     register(app)
     register_estimate(app)
 

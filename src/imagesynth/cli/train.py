@@ -158,6 +158,173 @@ def train_diffusion(
         )
 
 
+def _run_training(cfg: Any, resume: str | None, dry_run: bool, net: str) -> None:
+    """Shared tail of the train commands: --dry-run report, or train and print where."""
+    if dry_run:
+        from ..training.trainer import build_family, load_data
+
+        typer.echo(json.dumps(cfg.to_dict(), indent=2))
+        data_t, info, _ = load_data(cfg, progress=False)
+        family = build_family(cfg, info)
+        params = sum(p.numel() for p in family.nets[net].parameters())
+        typer.echo(
+            f"dataset: {len(data_t)} images of {info.size} px; "
+            f"{net}: {params / 1e6:.2f} M parameters"
+        )
+        return
+    from ..training.trainer import Trainer
+
+    result = Trainer(cfg, resume=resume).train()
+    if result.model_dir is not None:
+        last = result.stats[-1] if result.stats else {}
+        typer.echo(
+            f"{result.stopped} at step {result.step}"
+            + (f", loss {last['loss']:.4f}" if "loss" in last else "")
+            + f"\nrun:   {result.run_dir}\nmodel: {result.model_dir}"
+        )
+
+
+def _family_options(fopts: list[str] | None, given: dict[str, Any]) -> dict[str, Any]:
+    from .main import _options
+
+    out = {k: v for k, v in given.items() if v is not None}
+    out.update(_options(fopts))
+    return out
+
+
+FOptOpt = Annotated[
+    list[str] | None, Opt("--fopt", help="Family option KEY=VALUE (see --dry-run output).")
+]
+
+
+@train_app.command("autoencoder")
+def train_autoencoder(
+    data: Annotated[str | None, Opt(help="shapes | digits | photos | folder:PATH")] = None,
+    size: Annotated[int | None, Opt(help="Image size in px (multiple of the factor).")] = None,
+    preset: Annotated[str | None, Opt(help="tiny (f=4) | small (f=4) | small-f8.")] = None,
+    kl_weight: Annotated[float | None, Opt(help="KL weight per latent element.")] = None,
+    adv_weight: Annotated[
+        float | None, Opt(help="Patch-adversarial weight (0 = off, try 0.05).")
+    ] = None,
+    steps: Annotated[int | None, Opt(help="Optimizer steps.")] = None,
+    minutes: Annotated[float | None, Opt(help="Wall-clock budget in minutes.")] = None,
+    batch: Annotated[int | None, Opt(help="Batch per process.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    warmup: Annotated[int | None, Opt(help="LR warmup steps.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed.")] = None,
+    sample_every: Annotated[int | None, Opt(help="Steps between reconstruction grids.")] = None,
+    ckpt_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
+    mixed_precision: Annotated[str | None, Opt(help="no | fp16 | bf16 (GPU only).")] = None,
+    runs_dir: Annotated[str | None, Opt(help="Where run directories go.")] = None,
+    tag: Annotated[str | None, Opt(help="Suffix of the run directory name.")] = None,
+    resume: Annotated[str | None, Opt(help="latest | RUN_NUMBER | RUN_DIR.")] = None,
+    opt: Annotated[list[str] | None, Opt("--opt", help="Dataset option KEY=VALUE.")] = None,
+    fopt: FOptOpt = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Train a KL autoencoder (diffusers AutoencoderKL): the latent space for latent diffusion."""
+    top = {
+        "data": data,
+        "size": size,
+        "steps": steps,
+        "minutes": minutes,
+        "batch": batch,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "seed": seed,
+        "sample_every": sample_every,
+        "ckpt_every": ckpt_every,
+        "mixed_precision": mixed_precision,
+        "runs_dir": runs_dir,
+        "tag": tag,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
+    overrides["family"] = "autoencoder"
+    overrides["cond"] = "none"
+    fam = _family_options(
+        fopt, {"preset": preset, "kl_weight": kl_weight, "adv_weight": adv_weight}
+    )
+    if fam:
+        overrides["family_options"] = fam
+    if opt:
+        overrides["data_options"] = _data_options(opt)
+    _run_training(build_config(overrides, resume).validate(), resume, dry_run, "vae")
+
+
+@train_app.command("latent-diffusion")
+def train_latent_diffusion(
+    autoencoder: Annotated[
+        str | None, Opt(help="Trained autoencoder model dir (imagesynth train autoencoder).")
+    ] = None,
+    data: Annotated[
+        str | None, Opt(help="shapes | folder:PATH (captions from .txt / metadata.jsonl)")
+    ] = None,
+    text: Annotated[
+        bool, Opt("--text/--no-text", help="Condition on captions (the only mode so far).")
+    ] = True,
+    text_encoder: Annotated[
+        str | None, Opt(help="minilm (default, offline) | a transformers text-encoder folder.")
+    ] = None,
+    size: Annotated[int | None, Opt(help="Image size in px.")] = None,
+    preset: Annotated[str | None, Opt(help="tiny (~4.6 M) | small (~17 M).")] = None,
+    objective: Annotated[str | None, Opt(help="eps | v | x0 (default v).")] = None,
+    schedule: Annotated[str | None, Opt(help="linear | cosine | scaled-linear.")] = None,
+    text_dropout: Annotated[float | None, Opt(help="Empty-prompt rate for CFG.")] = None,
+    steps: Annotated[int | None, Opt(help="Optimizer steps.")] = None,
+    minutes: Annotated[float | None, Opt(help="Wall-clock budget in minutes.")] = None,
+    batch: Annotated[int | None, Opt(help="Batch per process.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    warmup: Annotated[int | None, Opt(help="LR warmup steps.")] = None,
+    ema_decay: Annotated[float | None, Opt(help="EMA decay.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed.")] = None,
+    sample_every: Annotated[int | None, Opt(help="Steps between sample grids.")] = None,
+    ckpt_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
+    mixed_precision: Annotated[str | None, Opt(help="no | fp16 | bf16 (GPU only).")] = None,
+    runs_dir: Annotated[str | None, Opt(help="Where run directories go.")] = None,
+    tag: Annotated[str | None, Opt(help="Suffix of the run directory name.")] = None,
+    resume: Annotated[str | None, Opt(help="latest | RUN_NUMBER | RUN_DIR.")] = None,
+    opt: Annotated[list[str] | None, Opt("--opt", help="Dataset option KEY=VALUE.")] = None,
+    fopt: FOptOpt = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Train a text-to-image latent diffusion model on captioned images."""
+    if not text:
+        raise ImagesynthError("latent diffusion trains on captions here; keep --text")
+    top = {
+        "data": data,
+        "size": size,
+        "steps": steps,
+        "minutes": minutes,
+        "batch": batch,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "ema_decay": ema_decay,
+        "seed": seed,
+        "sample_every": sample_every,
+        "ckpt_every": ckpt_every,
+        "mixed_precision": mixed_precision,
+        "runs_dir": runs_dir,
+        "tag": tag,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
+    overrides["family"] = "latent-diffusion"
+    overrides["cond"] = "text"
+    given = {
+        "autoencoder": autoencoder,
+        "text_encoder": text_encoder,
+        "preset": preset,
+        "objective": objective,
+        "schedule": schedule,
+        "text_dropout": text_dropout,
+    }
+    fam = _family_options(fopt, given)
+    if fam:
+        overrides["family_options"] = fam
+    if opt:
+        overrides["data_options"] = _data_options(opt)
+    _run_training(build_config(overrides, resume).validate(), resume, dry_run, "unet")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
     app.command("sample")(sample)
@@ -199,6 +366,10 @@ def sample(
     if steps < 1:
         raise ImagesynthError(f"steps must be >= 1, got {steps}")
     pipe = load(model, device=device)
+    if hasattr(pipe, "img2img"):
+        raise ImagesynthError(
+            f"{model} is a text-to-image model: use `imagesynth generate PROMPT --model {model}`"
+        )
     labels = None
     if class_ is not None:
         names = list(pipe.class_names)

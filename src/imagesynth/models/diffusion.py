@@ -129,6 +129,45 @@ def alphas_cumprod(sched_cfg: dict[str, Any]) -> torch.Tensor:
     return DDPMScheduler.from_config(sched_cfg).alphas_cumprod.float()
 
 
+def denoising_loss(
+    model_fn: Any,
+    x0: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    opts: Any,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The diffusion training loss on clean samples x0 (pixels or latents).
+
+    `model_fn(x_t, t)` returns the network output; `opts` carries objective, timesteps,
+    offset_noise and min_snr_gamma. Every random draw comes from `gen` (CPU) for exact resume.
+    """
+    b, dev = x0.shape[0], x0.device
+    t = torch.randint(0, opts.timesteps, (b,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    if opts.offset_noise:
+        noise += opts.offset_noise * torch.randn((b, x0.shape[1], 1, 1), generator=gen)
+    noise = noise.to(dev, memory_format=torch.preserve_format)
+    ab = alpha_bar[t].view(b, 1, 1, 1).to(dev)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    out = model_fn(x_t, t.to(dev))
+    if opts.objective == "eps":
+        target = noise
+    elif opts.objective == "v":
+        target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    else:
+        target = x0
+    per_sample = F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if opts.min_snr_gamma is not None:
+        snr = (ab / (1 - ab)).view(b)
+        clipped = snr.clamp(max=opts.min_snr_gamma)
+        # weights that turn each objective's MSE into min(SNR, gamma)-weighted x0 error
+        weight = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[opts.objective]
+        loss = (per_sample * weight).mean()
+    else:
+        loss = per_sample.mean()
+    return loss, {"mse": float(per_sample.detach().mean())}
+
+
 class DiffusionFamily(Family):
     """Denoising diffusion on pixels, unconditional or class-conditional."""
 
@@ -162,38 +201,17 @@ class DiffusionFamily(Family):
         """Weighted MSE between the UNet output and the objective's target."""
         x0 = batch["images"]  # (B, C, H, W) in [-1, 1]
         b, dev = x0.shape[0], x0.device
-        t = torch.randint(0, self.opts.timesteps, (b,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        if self.opts.offset_noise:
-            noise += self.opts.offset_noise * torch.randn((b, x0.shape[1], 1, 1), generator=gen)
-        noise = noise.to(dev, memory_format=torch.preserve_format)
-        ab = self.alpha_bar[t].view(b, 1, 1, 1).to(dev)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         labels = batch.get("labels")
         if self.data.num_classes:
             drop = torch.rand(b, generator=gen) < self.opts.class_dropout
             labels = torch.where(drop.to(dev), self.data.num_classes, labels)
         else:
             labels = None
-        out = nets["unet"](x_t, t.to(dev), class_labels=labels).sample
-        if self.opts.objective == "eps":
-            target = noise
-        elif self.opts.objective == "v":
-            target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
-        else:
-            target = x0
-        per_sample = F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if self.opts.min_snr_gamma is not None:
-            snr = (ab / (1 - ab)).view(b)
-            clipped = snr.clamp(max=self.opts.min_snr_gamma)
-            # weights that turn each objective's MSE into min(SNR, gamma)-weighted x0 error
-            weight = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[
-                self.opts.objective
-            ]
-            loss = (per_sample * weight).mean()
-        else:
-            loss = per_sample.mean()
-        return loss, {"mse": float(per_sample.detach().mean())}
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return nets["unet"](x_t, t, class_labels=labels).sample
+
+        return denoising_loss(model_fn, x0, self.alpha_bar, self.opts, gen)
 
     def sample(self, nets: dict[str, torch.nn.Module], n: int, seed: int) -> torch.Tensor:
         from ..pipelines.diffusion import generate

@@ -202,12 +202,17 @@ def sample(
     start_step: int = 0,
     init: torch.Tensor | None = None,
     progress: bool = False,
+    blend: Callable[[torch.Tensor, Any, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from `noise` (standard normal, (B,C,H,W)); returns x0 in model space.
 
     With `init` (a clean image in model space) the run starts at step `start_step` from `init`
     noised to that step's timestep (SDEdit, Meng et al. 2022). Noise inside stochastic steps comes
     from `generator` (one CPU generator, or one per image). Runs under `torch.no_grad()`.
+
+    `blend(x, scheduler, t_next)` runs after every completed step and returns the new x: the
+    hook for inpainting, which puts the known region back at the noise level of `t_next`
+    (None after the last step, when x is clean).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ImagesynthError(f"steps must be an integer >= 1, got {steps!r}")
@@ -280,6 +285,8 @@ def sample(
             x = scheduler.step(out, t, x, return_dict=True, **step_kwargs).prev_sample
             # Heun's first call of a step only predicts; the step is done when the next one corrects
             if getattr(scheduler, "state_in_first_order", True) or k == len(run) - 1:
+                if blend is not None:
+                    x = blend(x, scheduler, run[k + 1] if k + 1 < len(run) else None)
                 if callback is not None:
                     ab = alpha_bar_at(scheduler, t)
                     x0 = predict_x0(x_in, out, ab, prediction_type)

@@ -30,7 +30,7 @@ class TrainConfig:
     family: str = "diffusion"
     data: str = "shapes"  # dataset spec: shapes | digits | photos | textures | folder:PATH
     size: int = 32
-    cond: str = "none"  # none | class
+    cond: str = "none"  # none | class | text
     data_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"label_mode": "color"}
     family_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"objective": "v"}
     steps: int | None = None  # optimizer steps; None with `minutes` = until time is up
@@ -95,8 +95,8 @@ class TrainConfig:
             raise ImagesynthError(
                 f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
             )
-        if self.cond not in ("none", "class"):
-            raise ImagesynthError(f"cond must be 'none' or 'class', got {self.cond!r}")
+        if self.cond not in ("none", "class", "text"):
+            raise ImagesynthError(f"cond must be none, class or text, got {self.cond!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,13 +32,16 @@ class TensorData:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor | None  # (N,) int64, or None when unlabelled
     flip_ok: bool
+    captions: list[str] | None = None  # one per image when the dataset has captions
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
 
-def load_tensor_data(ds: ImageDataset, *, progress: bool = True) -> TensorData:
-    """Every item of `ds` as one uint8 tensor (and labels when the dataset has classes)."""
+def load_tensor_data(
+    ds: ImageDataset, *, progress: bool = True, captions: bool = False
+) -> TensorData:
+    """Every item of `ds` as one uint8 tensor (labels when it has classes, captions if asked)."""
     n = len(ds)
     if n == 0:
         raise DataError(f"dataset {ds.name!r} is empty")
@@ -49,13 +53,21 @@ def load_tensor_data(ds: ImageDataset, *, progress: bool = True) -> TensorData:
         )
     images = torch.empty((n, ds.channels, ds.size, ds.size), dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.int64) if ds.num_classes else None
+    texts: list[str] | None = [] if captions else None
     for i in tqdm(range(n), desc=f"load {ds.name}", unit="img", disable=not progress or None):
         item = ds[i]
         arr = pil_to_array(item.image.convert("L" if ds.channels == 1 else "RGB"))
         images[i] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
         if labels is not None:
             labels[i] = -1 if item.label is None else item.label
-    return TensorData(images=images, labels=labels, flip_ok=ds.flip_ok)
+        if texts is not None:
+            texts.append(item.caption or "")
+    if texts is not None and not any(texts):
+        raise DataError(
+            f"dataset {ds.name!r} has no captions; give images sidecar .txt files or a "
+            "metadata.jsonl with file_name and text (see `imagesynth datasets --help`)"
+        )
+    return TensorData(images=images, labels=labels, flip_ok=ds.flip_ok, captions=texts)
 
 
 class BatchOrder:
@@ -100,7 +112,7 @@ def make_batch(
     generator: torch.Generator,
     device: torch.device,
     channels_last: bool = False,
-) -> dict[str, torch.Tensor | None]:
+) -> dict[str, Any]:
     """Images as float (B, C, H, W) in [-1, 1] on `device` (randomly flipped if allowed)."""
     x = data.images[idx].to(device=device, dtype=torch.float32).div_(127.5).sub_(1.0)
     if flip and data.flip_ok:
@@ -109,4 +121,7 @@ def make_batch(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     labels = data.labels[idx].to(device) if data.labels is not None else None
-    return {"images": x, "labels": labels}
+    batch: dict[str, Any] = {"images": x, "labels": labels, "index": idx}
+    if data.captions is not None:
+        batch["captions"] = [data.captions[int(i)] for i in idx]
+    return batch

@@ -55,6 +55,9 @@ class Family:
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
+    def prepare(self, data: Any, device: torch.device) -> None:
+        """Called once with the training TensorData before the loop (e.g. to encode latents)."""
+
     def sample(self, nets: dict[str, torch.nn.Module], n: int, seed: int) -> torch.Tensor:
         """n images (B, C, H, W) in [-1, 1] from `nets` (EMA copies where there are)."""
         raise NotImplementedError

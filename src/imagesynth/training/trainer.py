@@ -47,19 +47,33 @@ class TrainResult:
     stopped: str = "done"  # done | time | diverged
 
 
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    # name: (module, options dataclass, family class)
+    "diffusion": ("..models.diffusion", "DiffusionOptions", "DiffusionFamily"),
+    "autoencoder": ("..models.autoencoder", "AutoencoderOptions", "AutoencoderFamily"),
+    "latent-diffusion": (
+        "..models.latent_diffusion",
+        "LatentDiffusionOptions",
+        "LatentDiffusionFamily",
+    ),
+}
+
+
 def build_family(cfg: TrainConfig, data: DataInfo) -> Family:
-    """The family object for `cfg.family` (registry of families lives here)."""
+    """The family object for `cfg.family` (families are imported only when used)."""
+    import importlib
+
     from ..errors import unknown_name
 
-    if cfg.family == "diffusion":
-        from ..models.diffusion import DiffusionFamily, DiffusionOptions
-
-        try:
-            opts = DiffusionOptions(**cfg.family_options)
-        except TypeError as exc:
-            raise ImagesynthError(f"bad diffusion option: {exc}") from None
-        return DiffusionFamily(opts, data)
-    raise unknown_name("model family", cfg.family, ["diffusion"])
+    if cfg.family not in FAMILIES:
+        raise unknown_name("model family", cfg.family, list(FAMILIES))
+    module, opts_name, cls_name = FAMILIES[cfg.family]
+    mod = importlib.import_module(module, __package__)
+    try:
+        opts = getattr(mod, opts_name)(**cfg.family_options)
+    except TypeError as exc:
+        raise ImagesynthError(f"bad {cfg.family} option: {exc}") from None
+    return getattr(mod, cls_name)(opts, data)
 
 
 def load_data(cfg: TrainConfig, progress: bool):
@@ -69,8 +83,8 @@ def load_data(cfg: TrainConfig, progress: bool):
     ds = get_dataset(cfg.data, **options)
     if cfg.cond == "class" and not ds.num_classes:
         raise ImagesynthError(f"dataset {cfg.data!r} has no class labels; use --cond none")
-    data = load_tensor_data(ds, progress=progress)
-    if cfg.cond == "none":
+    data = load_tensor_data(ds, progress=progress, captions=cfg.cond == "text")
+    if cfg.cond != "class":
         data.labels = None
     num_classes = ds.num_classes if cfg.cond == "class" else 0
     info = DataInfo(
@@ -125,6 +139,7 @@ class Trainer:
         self.data, self.data_info, self.data_desc = load_data(cfg, progress=self.main)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.family = build_family(cfg, self.data_info)
+        self.family.prepare(self.data, self.device)
         self.phases = self.family.phases()
         self.raw_nets = dict(self.family.nets)
         for net in self.raw_nets.values():
@@ -280,6 +295,7 @@ class Trainer:
                     device=self.device,
                     channels_last=self.channels_last,
                 )
+                batch["step"] = step
                 with contextlib.ExitStack() as stack:
                     if micro < cfg.grad_accum - 1:
                         for net in nets:
