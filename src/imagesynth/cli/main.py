@@ -144,12 +144,14 @@ def datasets_export(
 
 def _register_commands() -> None:
     from .estimate import register as register_estimate
+    from .eval import register as register_eval
     from .generate import register as register_generate
     from .train import register
 
     register_generate(app)
     register(app)
     register_estimate(app)
+    register_eval(app)
 
 
 _register_commands()
