@@ -49,6 +49,9 @@ class AutoencoderOptions:
     kl_weight: float = 1e-4  # per latent element, against the per-pixel reconstruction loss
     adv_weight: float = 0.0  # 0 = no discriminator
     adv_start: int = 500  # steps of plain reconstruction before the adversarial term
+    init: str = ""  # start from this autoencoder model dir (fine-tuning)
+    freeze_encoder: bool = False  # train the decoder only: the latent space stays the same,
+    # so a latent diffusion model trained on it keeps working (Stable Diffusion's ft-MSE VAE)
 
     def validate(self) -> AutoencoderOptions:
         if self.preset not in PRESETS:
@@ -59,6 +62,8 @@ class AutoencoderOptions:
             raise ImagesynthError(f"latent_channels must be in 1..64, got {self.latent_channels}")
         if self.kl_weight < 0 or self.adv_weight < 0 or self.adv_start < 0:
             raise ImagesynthError("kl_weight, adv_weight and adv_start must be >= 0")
+        if self.freeze_encoder and not self.init:
+            raise ImagesynthError("freeze_encoder needs init=MODEL_DIR (a trained autoencoder)")
         return self
 
 
@@ -126,8 +131,24 @@ class AutoencoderFamily(Family):
         from diffusers import AutoencoderKL
 
         self.opts, self.data = opts.validate(), data
-        self.vae_cfg = vae_config(opts, data)
-        self.nets["vae"] = AutoencoderKL(**self.vae_cfg)
+        if opts.init:
+            base = load_autoencoder(opts.init)
+            cfg = {k: v for k, v in dict(base.config).items() if not k.startswith("_")}
+            if cfg["in_channels"] != data.channels:
+                raise ImagesynthError(
+                    f"--init autoencoder takes {cfg['in_channels']} channels, the data has "
+                    f"{data.channels}"
+                )
+            self.vae_cfg = cfg
+            vae = base.requires_grad_(True).train()
+            if opts.freeze_encoder:
+                for part in (vae.encoder, vae.quant_conv):
+                    if part is not None:
+                        part.requires_grad_(False)
+            self.nets["vae"] = vae
+        else:
+            self.vae_cfg = vae_config(opts, data)
+            self.nets["vae"] = AutoencoderKL(**self.vae_cfg)
         if opts.adv_weight > 0:
             self.nets["disc"] = PatchDiscriminator(data.channels)
         self.fixed: torch.Tensor | None = None  # uint8 images shown in the training grids

@@ -149,7 +149,7 @@ class Trainer:
         self.emas = {k: EMA(self.raw_nets[k], cfg.ema_decay) for k in self.family.ema_nets}
         self.opts = {}
         for ph in self.phases:
-            params = [p for k in ph.nets for p in self.raw_nets[k].parameters()]
+            params = [p for k in ph.nets for p in self.raw_nets[k].parameters() if p.requires_grad]
             self.opts[ph.name] = _make_optimizer(params, cfg, ph.betas, self.device)
         self.bad_total = 0
         self.elapsed_before = 0.0
