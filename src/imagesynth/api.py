@@ -8,6 +8,12 @@ from typing import Any
 
 from .errors import ImagesynthError
 
+# model family (imagesynth.json "family") -> "module:Class" with a from_pretrained classmethod
+PIPELINES: dict[str, str] = {
+    "diffusion": ".pipelines.diffusion:DiffusionPipeline",
+    "latent-diffusion": ".pipelines.text2image:TextToImage",
+}
+
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """A model directory, or a run directory whose `model/` is one."""
@@ -40,15 +46,15 @@ def load(path: str | os.PathLike, device: str | None = None, allow_pickle: bool 
             "DDPMPipeline, DDIMPipeline, StableDiffusionPipeline"
         )
     family = load_model(path, allow_pickle=allow_pickle).family
-    if family == "diffusion":
-        from .pipelines.diffusion import DiffusionPipeline
+    if family not in PIPELINES:
+        raise ImagesynthError(
+            f"{path}: no pipeline for model family {family!r}; known: {sorted(PIPELINES)}"
+        )
+    import importlib
 
-        return DiffusionPipeline.from_pretrained(path, device=device, allow_pickle=allow_pickle)
-    if family == "latent-diffusion":
-        from .pipelines.text2image import TextToImage
-
-        return TextToImage.from_pretrained(path, device=device, allow_pickle=allow_pickle)
-    raise ImagesynthError(f"{path}: no pipeline for model family {family!r} yet")
+    module, cls_name = PIPELINES[family].split(":")
+    cls = getattr(importlib.import_module(module, __package__), cls_name)
+    return cls.from_pretrained(path, device=device, allow_pickle=allow_pickle)
 
 
 def train(**options: Any) -> Any:
