@@ -45,6 +45,43 @@ def build_config(overrides: dict[str, Any], resume: str | None) -> Any:
         raise ImagesynthError(f"bad training option: {exc}") from None
 
 
+# evaluation during training: the same six options on every `train <family>` command
+EvalEveryOpt = Annotated[
+    int | None, Opt(help="Evaluate every N steps (metrics.jsonl, plots/, best/); 0 = off.")
+]
+EvalNOpt = Annotated[int | None, Opt(help="Samples per evaluation (default 2000).")]
+EvalMetricsOpt = Annotated[
+    str | None, Opt(help="Set metrics: fid,kid (default), is, precision, recall, acc.")
+]
+EvalRefOpt = Annotated[str | None, Opt(help="Reference data (default: the training data).")]
+EvalExtractorOpt = Annotated[
+    str | None, Opt(help="domain:NAME | inception:PATH | random (default: domain extractor).")
+]
+EvalBestOpt = Annotated[
+    str | None, Opt(help="Metric that picks the kept best/ model (default: the first).")
+]
+
+
+def eval_overrides(
+    eval_every: int | None,
+    eval_n: int | None,
+    eval_metrics: str | None,
+    eval_ref: str | None,
+    eval_extractor: str | None,
+    eval_best: str | None,
+) -> dict[str, Any]:
+    """TrainConfig keys for the evaluation options that were given."""
+    given = {
+        "eval_every": eval_every,
+        "eval_n": eval_n,
+        "eval_metrics": eval_metrics,
+        "eval_ref": eval_ref,
+        "eval_extractor": eval_extractor,
+        "eval_best": eval_best,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @train_app.command("diffusion")
 def train_diffusion(
     data: Annotated[
@@ -87,6 +124,12 @@ def train_diffusion(
     ] = None,
     flip: Annotated[bool | None, Opt("--flip/--no-flip", help="Random horizontal flips.")] = None,
     channels_last: Annotated[bool | None, Opt("--channels-last/--no-channels-last")] = None,
+    eval_every: EvalEveryOpt = None,
+    eval_n: EvalNOpt = None,
+    eval_metrics: EvalMetricsOpt = None,
+    eval_ref: EvalRefOpt = None,
+    eval_extractor: EvalExtractorOpt = None,
+    eval_best: EvalBestOpt = None,
     opt: Annotated[list[str] | None, Opt("--opt", help="Dataset option KEY=VALUE.")] = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
@@ -118,6 +161,9 @@ def train_diffusion(
     }
     overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     overrides["family"] = "diffusion"
+    overrides.update(
+        eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
+    )
     fam = {
         "preset": preset,
         "objective": objective,
@@ -218,6 +264,12 @@ def train_autoencoder(
     runs_dir: Annotated[str | None, Opt(help="Where run directories go.")] = None,
     tag: Annotated[str | None, Opt(help="Suffix of the run directory name.")] = None,
     resume: Annotated[str | None, Opt(help="latest | RUN_NUMBER | RUN_DIR.")] = None,
+    eval_every: EvalEveryOpt = None,
+    eval_n: EvalNOpt = None,
+    eval_metrics: EvalMetricsOpt = None,
+    eval_ref: EvalRefOpt = None,
+    eval_extractor: EvalExtractorOpt = None,
+    eval_best: EvalBestOpt = None,
     opt: Annotated[list[str] | None, Opt("--opt", help="Dataset option KEY=VALUE.")] = None,
     fopt: FOptOpt = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the resolved config and exit.")] = False,
@@ -240,6 +292,9 @@ def train_autoencoder(
     }
     overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     overrides["family"] = "autoencoder"
+    overrides.update(
+        eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
+    )
     overrides["cond"] = "none"
     fam = _family_options(
         fopt, {"preset": preset, "kl_weight": kl_weight, "adv_weight": adv_weight}
@@ -283,6 +338,12 @@ def train_latent_diffusion(
     runs_dir: Annotated[str | None, Opt(help="Where run directories go.")] = None,
     tag: Annotated[str | None, Opt(help="Suffix of the run directory name.")] = None,
     resume: Annotated[str | None, Opt(help="latest | RUN_NUMBER | RUN_DIR.")] = None,
+    eval_every: EvalEveryOpt = None,
+    eval_n: EvalNOpt = None,
+    eval_metrics: EvalMetricsOpt = None,
+    eval_ref: EvalRefOpt = None,
+    eval_extractor: EvalExtractorOpt = None,
+    eval_best: EvalBestOpt = None,
     opt: Annotated[list[str] | None, Opt("--opt", help="Dataset option KEY=VALUE.")] = None,
     fopt: FOptOpt = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the resolved config and exit.")] = False,
@@ -308,6 +369,9 @@ def train_latent_diffusion(
     }
     overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     overrides["family"] = "latent-diffusion"
+    overrides.update(
+        eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
+    )
     overrides["cond"] = "text"
     given = {
         "autoencoder": autoencoder,

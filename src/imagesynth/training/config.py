@@ -21,6 +21,12 @@ RESUMABLE_KEYS = frozenset(
         "runs_dir",
         "max_bad_steps",
         "progress",
+        "eval_every",
+        "eval_n",
+        "eval_metrics",
+        "eval_ref",
+        "eval_extractor",
+        "eval_best",
     }
 )
 
@@ -57,6 +63,13 @@ class TrainConfig:
     runs_dir: str = "runs"
     tag: str = ""
     progress: bool = True
+    # evaluation during training (metrics.jsonl, plots/metrics.png, best/ model by eval_best)
+    eval_every: int = 0  # steps between evaluations; 0 = off
+    eval_n: int = 2000  # samples per evaluation
+    eval_metrics: str = "fid,kid"  # any set metrics: fid, kid, is, precision, recall, acc
+    eval_ref: str | None = None  # reference dataset spec; None = the training data
+    eval_extractor: str | None = None  # domain:NAME | inception:PATH | random; None = default
+    eval_best: str | None = None  # metric that picks best/; None = the first of eval_metrics
 
     def validate(self) -> TrainConfig:
         def positive(name: str, allow_none: bool = False) -> None:
@@ -95,6 +108,24 @@ class TrainConfig:
             raise ImagesynthError(
                 f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
             )
+        if (
+            isinstance(self.eval_every, bool)
+            or not isinstance(self.eval_every, int)
+            or (self.eval_every < 0)
+        ):
+            raise ImagesynthError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
+        if isinstance(self.eval_n, bool) or not isinstance(self.eval_n, int) or self.eval_n < 2:
+            raise ImagesynthError(f"eval_n must be an integer >= 2, got {self.eval_n!r}")
+        if self.eval_every:
+            from ..metrics.protocol import parse_metrics
+
+            names = parse_metrics(self.eval_metrics, kind="set")
+            if "acc" in names and self.cond != "class":
+                raise ImagesynthError("eval metric acc needs --cond class")
+            if self.eval_best is not None and self.eval_best not in names:
+                raise ImagesynthError(
+                    f"eval_best {self.eval_best!r} is not among eval_metrics {', '.join(names)}"
+                )
         if self.cond not in ("none", "class", "text"):
             raise ImagesynthError(f"cond must be none, class or text, got {self.cond!r}")
         return self

@@ -28,7 +28,8 @@ def plot_stats(run_dir: Path) -> Path | None:
     ax.plot(steps, smooth, lw=1.6, label="smoothed")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    if min(loss) > 0:  # GAN / WGAN losses can be negative: linear axis then
+        ax.set_yscale("log")
     ax.set_title(run_dir.name, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -34,6 +34,10 @@ from .state import load_optimizer, load_tensors, save_optimizer, save_tensors
 log = logging.getLogger("imagesynth")
 
 
+EVAL_CHUNK = 250  # images per family.sample call during evaluation
+EVAL_SEED = 10_000  # evaluation samples use seeds EVAL_SEED + i (grids use 1234)
+
+
 class TrainingDiverged(ImagesynthError):
     """Too many non-finite losses or gradients in a row."""
 
@@ -160,6 +164,7 @@ class Trainer:
         self.nets = dict(zip(names, prepared[: len(names)], strict=True))
         self.opts = dict(zip(self.opts, prepared[len(names) :], strict=True))
         self.order = BatchOrder(len(self.data), cfg.batch, self.world, self.rank, cfg.seed)
+        self.evaluator = self._make_evaluator()
         self.tb = None
         if cfg.tensorboard and self.main:
             try:
@@ -339,6 +344,75 @@ class Trainer:
         }
         save_png(grid, self.run_dir / "samples" / f"step-{step:08d}.png", params)
 
+    # ----- evaluation during training ----------------------------------------------------
+    def _make_evaluator(self) -> Any:
+        """A TrainingEvaluator on the main process when --eval-every is on (reference cached)."""
+        cfg = self.cfg
+        if not cfg.eval_every or not self.main:
+            return None
+        from ..metrics.training import TrainingEvaluator
+
+        ref_options = None
+        if cfg.eval_ref is None:  # the training data itself, with its options (label mode, ...)
+            ref_options = {k: v for k, v in cfg.data_options.items() if k != "size"} or None
+        return TrainingEvaluator(
+            cfg.eval_ref or cfg.data,
+            self.data_info.size,
+            cfg.eval_metrics,
+            n=cfg.eval_n,
+            extractor=cfg.eval_extractor,
+            best_metric=cfg.eval_best,
+            seed=cfg.seed,
+            ref_options=ref_options,
+            convert_channels=True,
+            progress=cfg.progress,
+        )
+
+    def _sample_for_eval(self, n: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """n samples from the EMA networks in chunks; image i of a conditional run has label
+        i % num_classes (the families' sampling convention)."""
+        nets = {
+            k: (self.emas[k].module if k in self.emas else self.raw_nets[k]) for k in self.raw_nets
+        }
+        chunks, labels, k = [], [], self.data_info.num_classes
+        for start in range(0, n, EVAL_CHUNK):
+            m = min(EVAL_CHUNK, n - start)
+            chunks.append(self.family.sample(nets, m, seed=EVAL_SEED + start).float().cpu())
+            if k:
+                labels.append(torch.arange(m) % k)
+        images = torch.cat(chunks)
+        return (images, torch.cat(labels)) if k else images
+
+    def _evaluate(self, step: int) -> None:
+        """Append to metrics.jsonl, redraw plots/metrics.png, keep best/ by the chosen metric."""
+        if self.evaluator is not None:
+            from ..metrics.training import plot_metrics
+
+            ev = self.evaluator
+            values = ev(self._sample_for_eval, step)
+            rundir.append_jsonl(self.run_dir / "metrics.jsonl", ev.row(step, values))
+            rows = rundir.read_jsonl(self.run_dir / "metrics.jsonl")
+            plot_metrics(rows, self.run_dir / "plots" / "metrics.png", title=self.run_dir.name)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            log.info(f"eval at step {step}: {shown}")
+            best_path = self.run_dir / "best.json"
+            best = json.loads(best_path.read_text()) if best_path.is_file() else None
+            if ev.is_better(values, best["values"] if best else None):
+                record = {
+                    "dataset": self.data_desc,
+                    "recipe": {**self.cfg.to_dict(), "trained_steps": step},
+                    "metrics": {**values, "step": step, "extractor": ev.extractor.spec},
+                }
+                nets = {
+                    k: (self.emas[k].module if k in self.emas else self.raw_nets[k])
+                    for k in self.raw_nets
+                }
+                self.family.save(self.run_dir / "best", nets, record)
+                write_json_atomic(
+                    best_path, {"step": step, "metric": ev.best_metric, "values": values}
+                )
+        self.acc.wait_for_everyone()
+
     def _plot(self) -> None:
         if self.main:
             from .plots import plot_stats
@@ -363,7 +437,7 @@ class Trainer:
         stats_path = self.run_dir / "stats.jsonl"
         bad_run, losses, extras_acc, t_log, n_log = 0, [], {}, time.perf_counter(), 0
         stopped = "done"
-        last_ckpt = step
+        last_ckpt = last_eval = step
         try:
             while total is None or step < total:
                 if self._stop_for_time():
@@ -422,6 +496,9 @@ class Trainer:
                 if step % cfg.ckpt_every == 0:
                     self._save_checkpoint(step)
                     last_ckpt = step
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    self._evaluate(step)
+                    last_eval = step
         except KeyboardInterrupt:
             stopped = "interrupted"
             log.warning(f"interrupted at step {step}; saving a checkpoint")
@@ -431,6 +508,8 @@ class Trainer:
             self._save_checkpoint(step)
         self._write_samples(step)
         self._plot()
+        if cfg.eval_every and step != last_eval:
+            self._evaluate(step)
         model_dir = None
         if self.main:
             nets = {
