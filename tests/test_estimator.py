@@ -256,3 +256,51 @@ def test_diffusers_pipeline_folder_matches_the_named_architecture(tmp_path):
     named = estimate("sd15", device="rtx4090", cfg=True)
     assert folder.size == 512 and folder.parameters == named.parameters
     assert folder.seconds_per_image == pytest.approx(named.seconds_per_image, rel=1e-6)
+
+
+def test_memory_probe_child_reports_its_peak(capsys):
+    from imagesynth.estimator.devices import _memory_probe_main
+
+    _memory_probe_main(json.dumps(["generate", 16, 2]))
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["peak_bytes"] > 0 and out["seconds_per_image"] > 0
+
+
+def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
+    """calibrate's fit: residual RSS = c + a x activations per task, from fresh-process probes."""
+    import dataclasses
+
+    from imagesynth.estimator import devices
+    from imagesynth.estimator.arch import _pixel
+    from imagesynth.estimator.predict import estimate as est
+
+    base = devices.load_cpu_profile()
+    bare = dataclasses.replace(base, runtime_overhead_bytes=0.0, allocator_overhead=0.0)
+    arch = _pixel("memory-probe", dict(devices._MEMORY_PROBE_UNET), "probe")
+    true = {"generate": (20e6, 1.3), "train": (30e6, 0.5)}
+
+    def fake_run(cmd, **kw):
+        task, size, batch = json.loads(cmd[-1])
+        rep = est(arch, task=task, size=size, steps=2, batch=batch, device=bare)
+        c, a = true[task]
+        peak = rep.memory["total"] + c + a * rep.memory["activations"]
+        return subprocess.CompletedProcess(cmd, 0, json.dumps({"peak_bytes": peak}), "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    fit = devices._fit_memory(base)
+    for task, (c, a) in true.items():
+        assert fit[f"{task}_allocator_overhead"] == pytest.approx(a, rel=1e-6)
+        assert fit[f"{task}_runtime_overhead_bytes"] == pytest.approx(c, rel=1e-6)
+    # and estimate() applies the training line to training, the other to generating
+    dev = dataclasses.replace(
+        base,
+        runtime_overhead_bytes=fit["generate_runtime_overhead_bytes"],
+        allocator_overhead=fit["generate_allocator_overhead"],
+        train_runtime_overhead_bytes=fit["train_runtime_overhead_bytes"],
+        train_allocator_overhead=fit["train_allocator_overhead"],
+    )
+    gen = est("tiny", size=32, steps=2, batch=4, device=dev).memory
+    train = est("tiny", task="train", size=32, batch=4, device=dev).memory
+    assert gen["runtime"] == pytest.approx(20e6) and train["runtime"] == pytest.approx(30e6)
+    assert gen["allocator"] == pytest.approx(1.3 * (gen["activations"] + gen["attention"]))
+    assert train["allocator"] == pytest.approx(0.5 * train["activations"])

@@ -104,17 +104,26 @@ def generate(
     pipe = load_text_model(model, device)
     result = pipe(
         prompt,
-        negative_prompt=negative,
-        n=n,
-        seed=_seed(seed),
-        steps=steps,
-        guidance_scale=cfg,
-        sampler=sampler,
+        **_sampling(negative, n, seed, steps, cfg, sampler),
         size=size,
         save_steps=strip_steps(steps) if save_steps else None,
         progress=True,
     )
     write_outputs(result, out_dir, save_steps, steps)
+
+
+def _sampling(
+    negative: str, n: int, seed: int, steps: int, cfg: float, sampler: str
+) -> dict[str, Any]:
+    """The sampling keywords every edit recipe takes (a random seed when -1)."""
+    return {
+        "negative_prompt": negative,
+        "n": n,
+        "seed": _seed(seed),
+        "steps": steps,
+        "guidance_scale": cfg,
+        "sampler": sampler,
+    }
 
 
 @edit_app.command("img2img")
@@ -139,12 +148,7 @@ def img2img(
         image,
         prompt,
         strength,
-        negative_prompt=negative,
-        n=n,
-        seed=_seed(seed),
-        steps=steps,
-        guidance_scale=cfg,
-        sampler=sampler,
+        **_sampling(negative, n, seed, steps, cfg, sampler),
         save_steps=strip_steps(steps) if save_steps else None,
         progress=True,
     )
@@ -172,12 +176,7 @@ def sketch(
         image,
         prompt,
         strength,
-        negative_prompt=negative,
-        n=n,
-        seed=_seed(seed),
-        steps=steps,
-        guidance_scale=cfg,
-        sampler=sampler,
+        **_sampling(negative, n, seed, steps, cfg, sampler),
         progress=True,
     )
     write_outputs(result, out_dir, None, steps)
@@ -207,12 +206,7 @@ def inpaint(
         mask,
         prompt,
         mask_blur=mask_blur,
-        negative_prompt=negative,
-        n=n,
-        seed=_seed(seed),
-        steps=steps,
-        guidance_scale=cfg,
-        sampler=sampler,
+        **_sampling(negative, n, seed, steps, cfg, sampler),
         save_steps=strip_steps(steps) if save_steps else None,
         progress=True,
     )
@@ -246,12 +240,7 @@ def outpaint(
         right=right,
         top=top,
         bottom=bottom,
-        negative_prompt=negative,
-        n=n,
-        seed=_seed(seed),
-        steps=steps,
-        guidance_scale=cfg,
-        sampler=sampler,
+        **_sampling(negative, n, seed, steps, cfg, sampler),
         progress=True,
     )
     write_outputs(result, out_dir, None, steps)

@@ -179,33 +179,17 @@ def train_diffusion(
     if opt:
         overrides["data_options"] = _data_options(opt)
     cfg = build_config(overrides, resume).validate()
-    if dry_run:
-        from ..training.trainer import build_family, load_data
-
-        typer.echo(json.dumps(cfg.to_dict(), indent=2))
-        data_t, info, _ = load_data(cfg, progress=False)
-        family = build_family(cfg, info)
-        params = sum(p.numel() for p in family.nets["unet"].parameters())
-        typer.echo(
-            f"dataset: {len(data_t)} images of {info.size} px, {info.num_classes} classes;"
-            f" UNet: {params / 1e6:.2f} M parameters"
-        )
-        return
-    from ..training.trainer import Trainer
-
-    result = Trainer(cfg, resume=resume).train()
-    if result.model_dir is not None:
-        last = result.stats[-1] if result.stats else {}
-        typer.echo(
-            f"{result.stopped} at step {result.step}"
-            + (f", loss {last['loss']:.4f}" if "loss" in last else "")
-            + f"\nrun:   {result.run_dir}\nmodel: {result.model_dir}"
-            + f"\nsample: imagesynth sample {result.model_dir} --out grid.png"
-        )
+    _run_training(cfg, resume, dry_run, "unet", sample_hint=True)
 
 
-def _run_training(cfg: Any, resume: str | None, dry_run: bool, net: str) -> None:
-    """Shared tail of the train commands: --dry-run report, or train and print where."""
+def _run_training(
+    cfg: Any, resume: str | None, dry_run: bool, net: str, sample_hint: bool = False
+) -> None:
+    """Shared tail of the train commands: --dry-run report, or train and print where.
+
+    `net` names the network whose size --dry-run reports; `sample_hint` prints the
+    `imagesynth sample` command for the trained model.
+    """
     if dry_run:
         from ..training.trainer import build_family, load_data
 
@@ -213,8 +197,9 @@ def _run_training(cfg: Any, resume: str | None, dry_run: bool, net: str) -> None
         data_t, info, _ = load_data(cfg, progress=False)
         family = build_family(cfg, info)
         params = sum(p.numel() for p in family.nets[net].parameters())
+        classes = f", {info.num_classes} classes" if info.num_classes else ""
         typer.echo(
-            f"dataset: {len(data_t)} images of {info.size} px; "
+            f"dataset: {len(data_t)} images of {info.size} px{classes}; "
             f"{net}: {params / 1e6:.2f} M parameters"
         )
         return
@@ -228,6 +213,14 @@ def _run_training(cfg: Any, resume: str | None, dry_run: bool, net: str) -> None
             + (f", loss {last['loss']:.4f}" if "loss" in last else "")
             + f"\nrun:   {result.run_dir}\nmodel: {result.model_dir}"
         )
+        if (result.run_dir / "best.json").is_file():
+            best = json.loads((result.run_dir / "best.json").read_text())
+            typer.echo(
+                f"best:  {result.run_dir / 'best'} (step {best['step']}, "
+                f"{best['metric']} {best['values'][best['metric']]:.4g})"
+            )
+        if sample_hint:
+            typer.echo(f"sample: imagesynth sample {result.model_dir} --out grid.png")
 
 
 def _family_options(fopts: list[str] | None, given: dict[str, Any]) -> dict[str, Any]:

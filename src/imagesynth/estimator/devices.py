@@ -50,6 +50,9 @@ class Device:
     train_launch_us: float | None = None  # per op with autograd recording (None: launch_us)
     runtime_overhead_bytes: float = 0.0  # CUDA context / oneDNN caches etc. not in tensors
     allocator_overhead: float = 0.10  # caching allocator's fragmentation on top of tensors
+    # training's own figures where calibrated (autograd, optimizer kernels); None = as above
+    train_runtime_overhead_bytes: float | None = None
+    train_allocator_overhead: float | None = None
     measured: dict[str, float] = field(default_factory=dict)  # calibration raw figures
 
     def peak_flops(self, dtype: str) -> float:
@@ -224,6 +227,84 @@ _OVERHEAD_UNET = {
 }
 
 
+# a pixel UNet unlike the presets (other widths, attention at the lowest level): the memory
+# probes run it so that the fitted overheads are not fitted on the benchmark's workloads
+_MEMORY_PROBE_UNET = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [24, 48, 48],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 8,
+    "attention_head_dim": 8,
+}
+# (task, size, batch): two activation sizes per task
+_MEMORY_PROBES = (("generate", 16, 2), ("generate", 32, 8), ("train", 16, 4), ("train", 32, 12))
+
+
+def _memory_probe_main(spec: str) -> None:
+    """Child process of `calibrate`: run one probe workload, print its figures as JSON."""
+    from .arch import _pixel
+    from .predict import measure
+
+    task, size, batch = json.loads(spec)
+    arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
+    print(json.dumps(measure(arch, task=task, size=size, steps=2, batch=batch, repeats=1)))
+
+
+def _fit_memory(base: Device) -> dict[str, float]:
+    """Resident memory beyond the counted tensors, as c + a x activations per task.
+
+    Each probe runs in a fresh process (its RSS growth is its own); the counted tensors come
+    from `estimate` with zero overheads. What the line absorbs on a CPU: oneDNN's blocked
+    copies of activations and scratchpads, malloc's arenas, code and kernels paged in.
+    """
+    import dataclasses
+    import subprocess
+    import sys
+
+    from .arch import _pixel
+    from .predict import estimate
+
+    bare = dataclasses.replace(
+        base,
+        runtime_overhead_bytes=0.0,
+        allocator_overhead=0.0,
+        train_runtime_overhead_bytes=None,
+        train_allocator_overhead=None,
+    )
+    arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
+    points: dict[str, list[tuple[float, float]]] = {"generate": [], "train": []}
+    code = (
+        "import sys; from imagesynth.estimator.devices import _memory_probe_main as m; "
+        "m(sys.argv[1])"
+    )
+    for task, size, batch in _MEMORY_PROBES:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps([task, size, batch])],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise ImagesynthError(
+                "memory calibration probe failed: "
+                + (proc.stderr.strip().splitlines() or ["?"])[-1]
+            )
+        peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+        rep = estimate(arch, task=task, size=size, steps=2, batch=batch, device=bare)
+        act = rep.memory["activations"] + rep.memory.get("attention", 0.0)
+        points[task].append((act, peak - rep.memory["total"]))
+    out = {}
+    for task, pts in points.items():
+        (a0, r0), (a1, r1) = sorted(pts)
+        slope = max((r1 - r0) / (a1 - a0), 0.0) if a1 > a0 else 0.0
+        out[f"{task}_allocator_overhead"] = slope
+        out[f"{task}_runtime_overhead_bytes"] = max(r0 - slope * a0, 0.0)
+    return out
+
+
 def calibrate(quick: bool = False, save: bool = True) -> Device:
     """Measure this machine's CPU (throughput, bandwidth, overheads) and store the profile.
 
@@ -316,6 +397,13 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
             "quick": float(quick),
         },
     )
+    if not quick:  # four short runs in fresh processes (~10 s)
+        fit = _fit_memory(dev)
+        dev.runtime_overhead_bytes = fit["generate_runtime_overhead_bytes"]
+        dev.allocator_overhead = fit["generate_allocator_overhead"]
+        dev.train_runtime_overhead_bytes = fit["train_runtime_overhead_bytes"]
+        dev.train_allocator_overhead = fit["train_allocator_overhead"]
+        dev.measured.update({f"memory_{k}": v for k, v in fit.items()})
     if save:
         path = profile_path()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,10 @@ Memory (peak, bytes): weights of every part held on the device + the largest liv
 activations of any part (followed on meta) + attention scores where materialised
 ("slicing": 2 x slice x Lq x Lk per call; "sdpa" never makes them) + for training fp32
 gradients, AdamW's two fp32 states, fp32 master weights under fp16 / bf16, an fp32 EMA copy
-+ the runtime (CUDA context / oneDNN caches) + the caching allocator's fragmentation.
++ the runtime (CUDA context / oneDNN caches) + the allocator's overhead on activations.
+On a CPU the last two are a line c + a x activations per task (generate / train), fitted by
+`--calibrate` on probe runs of a UNet unlike the presets, each in a fresh process: oneDNN's
+blocked copies and scratchpads, malloc's arenas and paged-in kernels live there.
 
 Quick mode (the seeds' calculator) maps complexity to real architectures:
 
@@ -328,11 +331,16 @@ def estimate(
             "attention": attn_peak,
         }
     tensors = sum(memory.values())
-    memory["allocator"] = dev.allocator_overhead * (memory["activations"] + memory["attention"])
-    memory["runtime"] = dev.runtime_overhead_bytes
+    alloc, runtime = dev.allocator_overhead, dev.runtime_overhead_bytes
+    if train and dev.train_allocator_overhead is not None:
+        alloc = dev.train_allocator_overhead
+    if train and dev.train_runtime_overhead_bytes is not None:
+        runtime = dev.train_runtime_overhead_bytes
+    memory["allocator"] = alloc * (memory["activations"] + memory["attention"])
+    memory["runtime"] = runtime
     memory["total"] = sum(memory.values())
     capacity = dev.memory_gib * GIB
-    max_batch, max_size = _largest(memory, tensors, capacity, batch, size, arch, dev)
+    max_batch, max_size = _largest(memory, tensors, capacity, batch, size, arch, alloc)
     if dev.kind == "gpu" and batch == 1:
         notes.append("batch 1 on a GPU is often limited by kernel launches, not FLOPs")
     if dev.kind == "cpu" and dev.description.startswith("uncalibrated"):
@@ -375,11 +383,11 @@ def _largest(
     batch: int,
     size: int,
     arch: Arch,
-    dev: Device,
+    allocator_overhead: float,
 ) -> tuple[int, int]:
     """Largest batch at this size and largest size at this batch (activations ~ batch x size^2,
     sliced attention scores ~ size^4), extrapolated from this estimate."""
-    alloc = 1.0 + dev.allocator_overhead
+    alloc = 1.0 + allocator_overhead
     act = memory["activations"] * alloc
     att = memory["attention"] * alloc
     fixed = memory["total"] - act - att
