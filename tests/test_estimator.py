@@ -304,3 +304,24 @@ def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
     assert gen["runtime"] == pytest.approx(20e6) and train["runtime"] == pytest.approx(30e6)
     assert gen["allocator"] == pytest.approx(1.3 * (gen["activations"] + gen["attention"]))
     assert train["allocator"] == pytest.approx(0.5 * train["activations"])
+
+
+def test_latent_diffusion_model_dir_is_estimated_with_its_named_text_encoder():
+    """Our latent-diffusion layout (unet/, vae/, MiniLM named in model_index.json)."""
+    import math
+
+    from safetensors import safe_open
+
+    from imagesynth.bundled import bundled_model_path
+
+    path = bundled_model_path()
+    stored = 0
+    for f in path.glob("*/*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            stored += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
+    minilm = 22_713_216  # all-MiniLM-L6-v2 without its pooler
+    rep = estimate(str(path), size=32, steps=20, cfg=True, device="cpu")
+    assert rep.parameters == pytest.approx(stored + minilm, rel=0.02)
+    assert set(rep.time_breakdown) >= {"unet", "text_encoder", "vae_decoder"}
+    with pytest.raises(ImagesynthError, match="multiple of 4"):
+        estimate(str(path), size=30, steps=20)

