@@ -12,6 +12,13 @@ from .errors import ImagesynthError
 PIPELINES: dict[str, str] = {
     "diffusion": ".pipelines.diffusion:DiffusionPipeline",
     "latent-diffusion": ".pipelines.text2image:TextToImage",
+    "upscaler": ".pipelines.upscale:SuperResolutionPipeline",
+    "restorer": ".pipelines.upscale:SuperResolutionPipeline",
+    "pixelcnn": ".pipelines.autoregressive:PixelCNNPipeline",
+    "vqvae": ".pipelines.autoregressive:VQVAEPipeline",
+    "transformer": ".pipelines.autoregressive:TransformerPipeline",
+    "gan": ".pipelines.latent_generators:LatentGeneratorPipeline",
+    "vae": ".pipelines.latent_generators:LatentGeneratorPipeline",
 }
 
 

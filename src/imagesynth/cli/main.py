@@ -146,12 +146,18 @@ def _register_commands() -> None:
     from .estimate import register as register_estimate
     from .eval import register as register_eval
     from .generate import register as register_generate
+    from .image_tools import register as register_image_tools
     from .train import register
+    from .train_autoregressive import register as register_autoregressive
+    from .train_gan_vae import register as register_gan_vae
 
     register_generate(app)
     register(app)
     register_estimate(app)
     register_eval(app)
+    register_image_tools(app)
+    register_autoregressive(app)
+    register_gan_vae(app)
 
 
 _register_commands()

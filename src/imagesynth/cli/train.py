@@ -401,11 +401,21 @@ def sample(
     n: Annotated[int, Opt(help="Number of images.")] = 16,
     seed: Annotated[int, Opt(help="Seed of the first image (image i uses seed + i).")] = 0,
     sampler: Annotated[
-        str, Opt(help="ddpm | ddim | dpmpp-2m | euler | euler-a | heun | unipc")
-    ] = "dpmpp-2m",
-    steps: Annotated[int, Opt(help="Denoising steps.")] = 20,
+        str | None,
+        Opt(help="Diffusion: ddpm | ddim | dpmpp-2m (default) | euler | euler-a | heun | unipc"),
+    ] = None,
+    steps: Annotated[int | None, Opt(help="Denoising steps (diffusion; default 20).")] = None,
     class_: Annotated[str | None, Opt("--class", help="Class index or name (all images).")] = None,
     cfg: Annotated[float | None, Opt(help="Classifier-free guidance scale.")] = None,
+    temperature: Annotated[
+        float | None, Opt(help="Sampling temperature (autoregressive families).")
+    ] = None,
+    top_k: Annotated[
+        int | None, Opt(help="Keep the k most likely values (autoregressive families).")
+    ] = None,
+    truncation: Annotated[
+        float | None, Opt(help="Truncation psi in [0, 1] toward the mean latent (gan, vae).")
+    ] = None,
     out_dir: Annotated[Path | None, Opt(help="Also write each image here.")] = None,
     save_steps: Annotated[Path | None, Opt(help="Write a denoising-progression strip PNG.")] = None,
     device: Annotated[str | None, Opt(help="cpu | cuda | mps (default: best available).")] = None,
@@ -420,13 +430,47 @@ def sample(
 
     if n < 1:
         raise ImagesynthError(f"n must be >= 1, got {n}")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise ImagesynthError(f"steps must be >= 1, got {steps}")
     pipe = load(model, device=device)
     if hasattr(pipe, "img2img"):
         raise ImagesynthError(
             f"{model} is a text-to-image model: use `imagesynth generate PROMPT --model {model}`"
         )
+    family = getattr(pipe, "family", None)
+    if not isinstance(family, str):
+        from ..api import resolve_model_dir
+        from ..io.model_dir import load_model
+
+        try:
+            family = load_model(resolve_model_dir(model)).family
+        except ImagesynthError:  # a diffusers folder has no imagesynth.json
+            family = "diffusion"
+    if not getattr(pipe, "uses_sampler", True):  # one network pass per image (gan, vae)
+        given = [f"--{k}" for k, v in (("sampler", sampler), ("steps", steps)) if v is not None]
+        if save_steps is not None:
+            given.append("--save-steps")
+        if given:
+            raise ImagesynthError(
+                f"{family} models sample in one pass; {', '.join(given)} do not apply"
+            )
+    # only the options the user gave reach the pipeline (each family refuses what it lacks)
+    extra = {
+        k: v
+        for k, v in (("temperature", temperature), ("top_k", top_k), ("truncation", truncation))
+        if v is not None
+    }
+    if extra:
+        import inspect
+
+        accepted = inspect.signature(pipe.__call__).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        for k in extra:
+            if not takes_any and k not in accepted:
+                flag = "--" + k.replace("_", "-")
+                raise ImagesynthError(f"{family} models do not take {flag}")
+    sampler = sampler or "dpmpp-2m"
+    steps = steps or 20
     labels = None
     if class_ is not None:
         names = list(pipe.class_names)
@@ -446,6 +490,7 @@ def sample(
         guidance_scale=cfg,
         save_steps=keep,
         progress=True,
+        **extra,
     )
     grid = make_grid(result.images, nrow=math.ceil(math.sqrt(n)))
     grid_params = {**result.params[0], "n": n, "grid": f"seeds {seed}..{seed + n - 1}"}

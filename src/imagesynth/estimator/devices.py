@@ -241,7 +241,7 @@ _MEMORY_PROBE_UNET = {
     "attention_head_dim": 8,
 }
 # (task, size, batch): two activation sizes per task
-_MEMORY_PROBES = (("generate", 16, 2), ("generate", 32, 8), ("train", 16, 4), ("train", 32, 12))
+_MEMORY_PROBES = (("generate", 32, 2), ("generate", 64, 8), ("train", 16, 4), ("train", 32, 16))
 
 
 def _memory_probe_main(spec: str) -> None:

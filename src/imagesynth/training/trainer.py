@@ -60,6 +60,13 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
         "LatentDiffusionOptions",
         "LatentDiffusionFamily",
     ),
+    "upscaler": ("..models.superres", "SuperResOptions", "SuperResFamily"),
+    "restorer": ("..models.superres", "RestorerOptions", "RestorerFamily"),
+    "pixelcnn": ("..models.pixelcnn", "PixelCNNOptions", "PixelCNNFamily"),
+    "vqvae": ("..models.vqvae", "VQVAEOptions", "VQVAEFamily"),
+    "transformer": ("..models.token_transformer", "TransformerOptions", "TransformerFamily"),
+    "gan": ("..models.gan", "GanOptions", "GanFamily"),
+    "vae": ("..models.vae", "VaeOptions", "VaeFamily"),
 }
 
 

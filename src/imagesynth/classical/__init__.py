@@ -1,0 +1,1 @@
+"""Methods that need no training data: style transfer, texture synthesis, deconvolution."""
