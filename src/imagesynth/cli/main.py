@@ -147,6 +147,7 @@ def _register_commands() -> None:
     from .eval import register as register_eval
     from .generate import register as register_generate
     from .image_tools import register as register_image_tools
+    from .serve import register as register_serve
     from .train import register
     from .train_autoregressive import register as register_autoregressive
     from .train_gan_vae import register as register_gan_vae
@@ -156,6 +157,7 @@ def _register_commands() -> None:
     register_estimate(app)
     register_eval(app)
     register_image_tools(app)
+    register_serve(app)
     register_autoregressive(app)
     register_gan_vae(app)
 
