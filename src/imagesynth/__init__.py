@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_getattr
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # public name -> module that defines it (imported on first attribute access)
 _LAZY = {
