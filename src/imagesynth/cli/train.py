@@ -231,6 +231,37 @@ def _family_options(fopts: list[str] | None, given: dict[str, Any]) -> dict[str,
     return out
 
 
+def family_config(
+    family: str,
+    top: dict[str, Any],
+    given: dict[str, Any],
+    *,
+    fopt: list[str] | None,
+    opt: list[str] | None,
+    evals: dict[str, Any],
+    resume: str | None,
+    defaults: dict[str, Any] | None = None,
+    cond: str | None = None,
+) -> Any:
+    """The validated TrainConfig of a `train <family>` command: the trainer options given
+    (`top`), `defaults` for a new run, family options (`given` + --fopt), data options (--opt)
+    and the evaluation options."""
+    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
+    if not resume:
+        for k, v in (defaults or {}).items():
+            overrides.setdefault(k, v)
+    overrides["family"] = family
+    if cond is not None:
+        overrides["cond"] = cond
+    overrides.update(evals)
+    fam = _family_options(fopt, given)
+    if fam:
+        overrides["family_options"] = fam
+    if opt:
+        overrides["data_options"] = _data_options(opt)
+    return build_config(overrides, resume).validate()
+
+
 FOptOpt = Annotated[
     list[str] | None, Opt("--fopt", help="Family option KEY=VALUE (see --dry-run output).")
 ]
@@ -283,20 +314,17 @@ def train_autoencoder(
         "runs_dir": runs_dir,
         "tag": tag,
     }
-    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
-    overrides["family"] = "autoencoder"
-    overrides.update(
-        eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
+    cfg = family_config(
+        "autoencoder",
+        top,
+        {"preset": preset, "kl_weight": kl_weight, "adv_weight": adv_weight},
+        fopt=fopt,
+        opt=opt,
+        evals=eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best),
+        resume=resume,
+        cond="none",
     )
-    overrides["cond"] = "none"
-    fam = _family_options(
-        fopt, {"preset": preset, "kl_weight": kl_weight, "adv_weight": adv_weight}
-    )
-    if fam:
-        overrides["family_options"] = fam
-    if opt:
-        overrides["data_options"] = _data_options(opt)
-    _run_training(build_config(overrides, resume).validate(), resume, dry_run, "vae")
+    _run_training(cfg, resume, dry_run, "vae")
 
 
 @train_app.command("latent-diffusion")
@@ -360,12 +388,6 @@ def train_latent_diffusion(
         "runs_dir": runs_dir,
         "tag": tag,
     }
-    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
-    overrides["family"] = "latent-diffusion"
-    overrides.update(
-        eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
-    )
-    overrides["cond"] = "text"
     given = {
         "autoencoder": autoencoder,
         "text_encoder": text_encoder,
@@ -374,12 +396,17 @@ def train_latent_diffusion(
         "schedule": schedule,
         "text_dropout": text_dropout,
     }
-    fam = _family_options(fopt, given)
-    if fam:
-        overrides["family_options"] = fam
-    if opt:
-        overrides["data_options"] = _data_options(opt)
-    _run_training(build_config(overrides, resume).validate(), resume, dry_run, "unet")
+    cfg = family_config(
+        "latent-diffusion",
+        top,
+        given,
+        fopt=fopt,
+        opt=opt,
+        evals=eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best),
+        resume=resume,
+        cond="text",
+    )
+    _run_training(cfg, resume, dry_run, "unet")
 
 
 def register(app: typer.Typer) -> None:

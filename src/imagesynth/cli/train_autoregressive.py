@@ -15,11 +15,9 @@ from .train import (
     EvalNOpt,
     EvalRefOpt,
     FOptOpt,
-    _data_options,
-    _family_options,
     _run_training,
-    build_config,
     eval_overrides,
+    family_config,
     train_app,
 )
 
@@ -57,15 +55,8 @@ def _train(
     resume: str | None,
     dry_run: bool,
 ) -> None:
-    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
-    overrides["family"] = family
-    overrides.update(evals)
-    fam = _family_options(fopt, fam_given)
-    if fam:
-        overrides["family_options"] = fam
-    if opt:
-        overrides["data_options"] = _data_options(opt)
-    _run_training(build_config(overrides, resume).validate(), resume, dry_run, net)
+    cfg = family_config(family, top, fam_given, fopt=fopt, opt=opt, evals=evals, resume=resume)
+    _run_training(cfg, resume, dry_run, net)
 
 
 @train_app.command("pixelcnn")

@@ -16,11 +16,9 @@ from .train import (
     EvalNOpt,
     EvalRefOpt,
     FOptOpt,
-    _data_options,
-    _family_options,
     _run_training,
-    build_config,
     eval_overrides,
+    family_config,
     train_app,
 )
 
@@ -36,15 +34,6 @@ GAN_DEFAULTS = {
 }
 VAE_DEFAULTS = {"batch": 64, "warmup_steps": 50}
 LATENT_FAMILIES = ("gan", "vae")
-
-
-def _overrides(top: dict[str, Any], family: str, defaults: dict[str, Any], resume: str | None):
-    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
-    if not resume:
-        for k, v in defaults.items():
-            overrides.setdefault(k, v)
-    overrides["family"] = family
-    return overrides
 
 
 def check_gan_lr(cfg: Any) -> None:
@@ -130,24 +119,18 @@ def train_gan(
         "sample_every": sample_every, "ckpt_every": ckpt_every, "keep": keep,
         "runs_dir": runs_dir, "tag": tag, "tensorboard": tensorboard, "flip": flip,
     }  # fmt: skip
-    overrides = _overrides(top, "gan", GAN_DEFAULTS, resume)
-    overrides.update(
-        eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
-    )
     given = {
         "preset": preset, "loss": loss, "cond": cond_mode, "augment": augment,
         "aug_policy": aug_policy, "r1_gamma": r1_gamma, "r1_every": r1_every,
         "d_lr_scale": d_lr_scale, "g_lr_scale": g_lr_scale, "g_every": g_every,
         "spectral_norm": spectral_norm, "truncation": truncation,
     }  # fmt: skip
-    fam = _family_options(fopt, given)
-    if not resume:  # name the run after the real preset (dcgan-tiny), not the trainer's "tiny"
-        fam.setdefault("preset", "dcgan-tiny")
-    if fam:
-        overrides["family_options"] = fam
-    if opt:
-        overrides["data_options"] = _data_options(opt)
-    cfg = build_config(overrides, resume).validate()
+    if not resume and given["preset"] is None:  # name the run dcgan-tiny, not the trainer's "tiny"
+        given["preset"] = "dcgan-tiny"
+    evals = eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
+    cfg = family_config(
+        "gan", top, given, fopt=fopt, opt=opt, evals=evals, resume=resume, defaults=GAN_DEFAULTS
+    )
     check_gan_lr(cfg)
     _run_training(cfg, resume, dry_run, "G", sample_hint=True)
 
@@ -211,21 +194,15 @@ def train_vae(
         "sample_every": sample_every, "ckpt_every": ckpt_every, "keep": keep,
         "runs_dir": runs_dir, "tag": tag, "tensorboard": tensorboard, "flip": flip,
     }  # fmt: skip
-    overrides = _overrides(top, "vae", VAE_DEFAULTS, resume)
-    overrides.update(
-        eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
-    )
     given = {
         "preset": preset, "beta": beta, "latent_dim": latent_dim,
         "reconstruction": reconstruction, "sigma": sigma,
         "perceptual_weight": perceptual_weight, "perceptual_extractor": perceptual_extractor,
     }  # fmt: skip
-    fam = _family_options(fopt, given)
-    if fam:
-        overrides["family_options"] = fam
-    if opt:
-        overrides["data_options"] = _data_options(opt)
-    cfg = build_config(overrides, resume).validate()
+    evals = eval_overrides(eval_every, eval_n, eval_metrics, eval_ref, eval_extractor, eval_best)
+    cfg = family_config(
+        "vae", top, given, fopt=fopt, opt=opt, evals=evals, resume=resume, defaults=VAE_DEFAULTS
+    )
     _run_training(cfg, resume, dry_run, "vae", sample_hint=True)
 
 
