@@ -198,3 +198,36 @@ def test_tensorboard_option(tmp_path):
         return
     res = Trainer(_cfg(tmp_path, tensorboard=True, steps=2)).train()
     assert any((res.run_dir / "tensorboard").iterdir())
+
+
+def test_on_step_and_request_stop_end_the_run_with_a_checkpoint(tmp_path):
+    seen = []
+
+    def on_step(trainer, step, loss):
+        seen.append((step, math.isfinite(loss)))
+        return step == 3  # stop after the third step
+
+    res = Trainer(_cfg(tmp_path, steps=50), on_step=on_step).train()
+    assert res.stopped == "stopped" and res.step == 3
+    assert seen == [(1, True), (2, True), (3, True)]
+    assert latest_checkpoint(res.run_dir).name.endswith("3") and res.model_dir is not None
+
+    trainer = Trainer(_cfg(tmp_path / "b", steps=50))
+    trainer.request_stop("cancelled")  # e.g. from a server's cancel button, before any step
+    assert trainer.train().stopped == "cancelled"
+
+
+def test_cpu_budget_clock_counts_process_time_and_resumes_it(tmp_path):
+    import time as _time
+
+    cfg = _cfg(tmp_path, steps=None, minutes=0.2 / 60, budget_clock="cpu")
+    trainer = Trainer(cfg)
+    _time.sleep(0.5)  # idle wall time does not count on the cpu clock
+    assert trainer.budget_elapsed() < 0.4
+    res = trainer.train()
+    assert res.stopped == "time" and res.step >= 1
+    assert read_jsonl(res.run_dir / "stats.jsonl")[-1]["cpu_s"] > 0
+    state = json.loads((latest_checkpoint(res.run_dir) / "trainer.json").read_text())
+    assert state["cpu_s"] >= 0.2
+    with pytest.raises(ImagesynthError, match="budget_clock must be wall or cpu"):
+        _cfg(tmp_path, budget_clock="gpu").validate()

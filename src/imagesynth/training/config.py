@@ -13,6 +13,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "steps",
         "minutes",
+        "budget_clock",
         "log_every",
         "sample_every",
         "ckpt_every",
@@ -40,7 +41,8 @@ class TrainConfig:
     data_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"label_mode": "color"}
     family_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"objective": "v"}
     steps: int | None = None  # optimizer steps; None with `minutes` = until time is up
-    minutes: float | None = None  # wall-clock budget
+    minutes: float | None = None  # time budget, measured by `budget_clock`
+    budget_clock: str = "wall"  # wall | cpu (process CPU time: fair on a shared machine)
     batch: int = 32  # per process, per micro-step
     grad_accum: int = 1
     lr: float = 1e-3
@@ -94,6 +96,8 @@ class TrainConfig:
         positive("minutes", allow_none=True)
         if self.steps is None and self.minutes is None:
             raise ImagesynthError("give --steps N or --minutes M (or both)")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ImagesynthError(f"budget_clock must be wall or cpu, got {self.budget_clock!r}")
         if not 0 < self.lr < 1:
             raise ImagesynthError(f"lr must be in (0, 1), got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):

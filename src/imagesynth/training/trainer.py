@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ class TrainResult:
     model_dir: Path | None
     step: int
     stats: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = "done"  # done | time | diverged
+    stopped: str = "done"  # done | time | interrupted | stopped (or request_stop's reason)
 
 
 FAMILIES: dict[str, tuple[str, str, str]] = {
@@ -126,10 +127,19 @@ def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, betas, d
 class Trainer:
     """Runs a family's phases over a dataset; see module docstring for what it guarantees."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: str | None = None,
+        *,
+        on_step: Callable[[Trainer, int, float], bool | None] | None = None,
+    ) -> None:
+        """`on_step(trainer, step, loss)` runs after every optimizer step; True stops the run
+        (as `request_stop()` does) with a checkpoint, samples and the model saved."""
         from accelerate import Accelerator
 
         self.cfg = cfg.validate()
+        self.on_step = on_step
         if cfg.mixed_precision != "no" and not torch.cuda.is_available():
             raise ImagesynthError(
                 f"mixed precision {cfg.mixed_precision!r} needs a GPU; on CPU bf16/fp16 run "
@@ -164,6 +174,9 @@ class Trainer:
             self.opts[ph.name] = _make_optimizer(params, cfg, ph.betas, self.device)
         self.bad_total = 0
         self.elapsed_before = 0.0
+        self.cpu_before = 0.0
+        self.t_start, self.c_start = time.perf_counter(), time.process_time()
+        self.stop_reason: str | None = None
         if self.start_step:
             self._load_checkpoint()
         names = list(self.raw_nets)
@@ -245,6 +258,7 @@ class Trainer:
                 "ema_updates": {k: e.updates for k, e in self.emas.items()},
                 "bad_total": self.bad_total,
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t_start,
+                "cpu_s": self.cpu_before + time.process_time() - self.c_start,
             }
             (folder / "trainer.json").write_text(json.dumps(state))
 
@@ -265,19 +279,34 @@ class Trainer:
             load_optimizer(opt, ckpt, f"optim-{name}")
         self.bad_total = state["bad_total"]
         self.elapsed_before = state["elapsed_s"]
+        self.cpu_before = state.get("cpu_s", 0.0)
         self.start_step = state["step"]
 
     # ----- the loop ---------------------------------------------------------------------
-    def _stop_for_time(self) -> bool:
-        if self.cfg.minutes is None:
-            return False
-        elapsed = self.elapsed_before + time.perf_counter() - self.t_start
-        flag = torch.tensor([1.0 if elapsed >= self.cfg.minutes * 60 else 0.0], device=self.device)
-        if self.world > 1:  # every rank must stop at the same step
+    def request_stop(self, reason: str = "stopped") -> None:
+        """Stop before the next step; the run saves a checkpoint, samples and the model.
+
+        Safe to call from another thread (a server's cancel button) or from `on_step`.
+        """
+        self.stop_reason = reason
+
+    def budget_elapsed(self) -> float:
+        """Seconds spent so far on the clock the time budget counts (`budget_clock`)."""
+        if self.cfg.budget_clock == "cpu":
+            return self.cpu_before + time.process_time() - self.c_start
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def _stop_check(self) -> str | None:
+        """Why the run stops before this step (a request or the time budget), or None."""
+        over = self.cfg.minutes is not None and self.budget_elapsed() >= self.cfg.minutes * 60
+        code = 2.0 if self.stop_reason is not None else 1.0 if over else 0.0
+        if self.world > 1:  # every rank stops at the same step, as rank 0 decides
             from accelerate.utils import broadcast
 
-            flag = broadcast(flag)
-        return bool(flag.item())
+            code = float(broadcast(torch.tensor([code], device=self.device)).item())
+        if code == 2.0:
+            return self.stop_reason or "stopped"
+        return "time" if code == 1.0 else None
 
     def _train_step(self, step: int) -> tuple[float, float, bool, dict[str, float]]:
         cfg, acc = self.cfg, self.acc
@@ -430,7 +459,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.t_start = time.perf_counter()
+        self.t_start, self.c_start = time.perf_counter(), time.process_time()
         step = self.start_step
         total = cfg.steps
         bar = tqdm(
@@ -447,12 +476,15 @@ class Trainer:
         last_ckpt = last_eval = step
         try:
             while total is None or step < total:
-                if self._stop_for_time():
-                    stopped = "time"
+                why = self._stop_check()
+                if why is not None:
+                    stopped = why
                     break
                 loss, norm, ok, extras = self._train_step(step)
                 step += 1
                 n_log += 1
+                if self.on_step is not None and self.on_step(self, step, loss):
+                    self.request_stop()
                 if ok:
                     bad_run = 0
                     losses.append(loss)
@@ -483,6 +515,7 @@ class Trainer:
                         "epoch": self.order.epoch(step * cfg.grad_accum),
                         "nonfinite_skipped": self.bad_total,
                         "elapsed_s": self.elapsed_before + now - self.t_start,
+                        "cpu_s": self.cpu_before + time.process_time() - self.c_start,
                         **{k: v / max(1, len(losses)) for k, v in extras_acc.items()},
                     }
                     if self.main:
@@ -493,7 +526,7 @@ class Trainer:
                                     self.tb.add_scalar(k, v, step)
                     post = {"loss": f"{mean:.4f}", "img_s": f"{rec['images_per_s']:.0f}"}
                     if cfg.minutes is not None:  # the time budget's ETA when it binds
-                        left = max(0.0, cfg.minutes * 60 - rec["elapsed_s"])
+                        left = max(0.0, cfg.minutes * 60 - self.budget_elapsed())
                         post["left"] = time.strftime("%H:%M:%S", time.gmtime(left))
                     bar.set_postfix(post)
                     losses, extras_acc, t_log, n_log = [], {}, now, 0
