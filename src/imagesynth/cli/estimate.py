@@ -14,7 +14,12 @@ Opt = typer.Option
 
 def estimate(
     model: Annotated[
-        str | None, Opt(help="tiny | small | base | sd15 | sdxl | sdxl-refiner | MODEL_DIR.")
+        str | None,
+        Opt(
+            help="tiny | small | base | sd15 | sdxl | sdxl-refiner | gan[:PRESET] | "
+            "vae[:PRESET] | pixelcnn | vqvae | upscaler[:PRESET] | restorer | MODEL_DIR "
+            "(any family's)."
+        ),
     ] = None,
     task: Annotated[str, Opt(help="generate | train.")] = "generate",
     size: Annotated[int | None, Opt(help="Image size in px (default: the model's).")] = None,

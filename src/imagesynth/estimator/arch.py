@@ -7,9 +7,10 @@ Stable Diffusion 1.5 (`runwayml/stable-diffusion-v1-5` unet/vae/text_encoder con
 SDXL base 1.0 and refiner 1.0 (`stabilityai/stable-diffusion-xl-{base,refiner}-1.0`).
 Text encoders are counted analytically (a pre-LN transformer: 24 T h^2 + 4 T^2 h FLOPs per
 layer) because `transformers` is optional; they run once per prompt, so this costs little
-accuracy. The only family implemented in imagesynth so far is pixel diffusion; its presets
-(`tiny`, `small`, `base`) and saved model directories are built from the same config tables
-the trainer uses (`models/diffusion.py`).
+accuracy. Pixel-diffusion presets (`tiny`, `small`, `base`) and model directories are built
+from the same config tables the trainer uses (`models/diffusion.py`); latent-diffusion model
+directories from their component configs. The other families (GAN, VAE, PixelCNN, VQ-VAE,
+transformer prior, upscaler, restorer) are counted by running their own code (`families.py`).
 """
 
 from __future__ import annotations
@@ -215,8 +216,9 @@ NAMED = {"sd15": _sd15, "sdxl": _sdxl, "sdxl-refiner": lambda: _sdxl(True)}
 
 def model_names() -> list[str]:
     from ..models.diffusion import PRESETS
+    from .families import preset_names
 
-    return [*PRESETS, *NAMED, "MODEL_DIR"]
+    return [*PRESETS, *NAMED, *preset_names(), "MODEL_DIR"]
 
 
 def _clean(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -244,8 +246,9 @@ def dir_arch(path: Path) -> Arch:
             return _pipeline_arch(path, [_named_text_encoder(index.get("text_encoder") or {})])
         if files.family != "diffusion":
             raise ImagesynthError(
-                f"{path} holds a {files.family!r} model; the estimator knows the 'diffusion' "
-                "and 'latent-diffusion' families so far"
+                f"{path} holds a {files.family!r} model, which the estimator does not know; "
+                "it knows diffusion, latent-diffusion, gan, vae, pixelcnn, vqvae, transformer, "
+                "upscaler and restorer"
             )
         cfg = _clean(files.component_config("unet"))
         return _pixel(path.name, cfg, f"model directory {path} (pixel diffusion)")

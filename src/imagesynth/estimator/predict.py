@@ -239,6 +239,14 @@ def estimate(
     ema: bool = True,
 ) -> Report:
     """Predicted time, throughput and peak memory of a generate or train workload."""
+    from .families import FamilyModel, family_model
+
+    fm = model if isinstance(model, FamilyModel) else None
+    if isinstance(model, str):
+        fm = family_model(model, size)
+    if fm is not None:
+        dev = device if isinstance(device, Device) else get_device(device)
+        return _estimate_family(fm, task, size, batch, dtype, dev, ema)
     arch = model if isinstance(model, Arch) else get_arch(model)
     dev = device if isinstance(device, Device) else get_device(device)
     if dtype is None:
@@ -369,6 +377,118 @@ def estimate(
         max_batch=max_batch,
         max_size=max_size,
         notes=notes,
+    )
+
+
+def _estimate_family(
+    fm: Any, task: str, size: int | None, batch: int, dtype: str | None, dev: Device, ema: bool
+) -> Report:
+    """`estimate` for the GAN / VAE / autoregressive / super-resolution families: their own
+    sampling loop or training phases counted on meta (`families.py`), same time and memory
+    model as the diffusion parts."""
+    from .families import count_family
+
+    if dtype is None:
+        dtype = "fp32" if dev.kind == "cpu" else "fp16"
+    size = fm.size if size is None else size
+    _validate(task, size, 1, batch, dtype, "sdpa")
+    fm.check_size(size)
+    dev.peak_flops(dtype)
+    train = task == "train"
+    c, steps, params = count_family(fm, task, batch, size)
+    half = DTYPE_BYTES[dtype] / 4.0  # counted at fp32; fp16 / bf16 move half the bytes
+    if half != 1.0:
+        c = _scaled_bytes(c, half)
+    notes: list[str] = []
+    if train:
+        trained, n_ema = params["trained"], params["ema"] if ema else 0
+        t_fb = kernels_time(c, "fwd", dev, dtype, True) + kernels_time(c, "bwd", dev, dtype, True)
+        opt_t = _elementwise_time(dev, 40 * params["phases"], trained * 28 + n_ema * 12)
+        seconds_step = t_fb + opt_t
+        times = {"forward+backward": t_fb / batch, "optimizer+ema": opt_t / batch}
+        flops_step = c.flops_forward + c.flops_backward
+        act = max(c.train_peak_live_bytes - 4.0 * trained * half, c.saved_bytes)
+        memory = {
+            "weights": 4.0 * params["held"],
+            "activations": act + c.input_bytes,
+            "attention": 0.0,
+            "gradients": 4.0 * trained,
+            "optimizer": 8.0 * trained,
+            "ema": 4.0 * n_ema,
+        }
+        seconds_image = seconds_step / batch
+        if params["phases"] > 1:
+            notes.append(f"one training step = {params['phases']} phases (e.g. D then G)")
+    else:
+        t = kernels_time(c, "fwd", dev, dtype)
+        seconds_step = t / steps
+        seconds_image = t / batch
+        flops_step = c.flops_forward / steps
+        times = {fm.family: seconds_image}
+        memory = {
+            "weights": DTYPE_BYTES[dtype] * params["held"],
+            "activations": c.peak_live_bytes + c.input_bytes,
+            "attention": 0.0,
+        }
+        if steps > 1:
+            what = "pixel" if fm.family == "pixelcnn" else "token"
+            notes.append(f"{steps} sequential network calls per image, one per {what}")
+        if fm.family == "vqvae":
+            notes.append("a VQ-VAE alone reconstructs: generate = encode + decode")
+    tensors = sum(memory.values())
+    alloc, runtime = dev.allocator_overhead, dev.runtime_overhead_bytes
+    if train and dev.train_allocator_overhead is not None:
+        alloc = dev.train_allocator_overhead
+    if train and dev.train_runtime_overhead_bytes is not None:
+        runtime = dev.train_runtime_overhead_bytes
+    memory["allocator"] = alloc * memory["activations"]
+    memory["runtime"] = runtime
+    memory["total"] = sum(memory.values())
+    capacity = dev.memory_gib * GIB
+    max_batch, max_size = _largest(memory, tensors, capacity, batch, size, fm, alloc)
+    if fm.family not in ("upscaler", "restorer"):  # networks built for one size
+        max_size = size if memory["total"] <= capacity else 0
+    if dev.kind == "cpu" and dev.description.startswith("uncalibrated"):
+        notes.append("CPU figures are rough until `imagesynth estimate --calibrate` is run")
+    return Report(
+        model=fm.name,
+        architecture=fm.description,
+        task=task,
+        size=size,
+        steps=steps if not train else 1,
+        batch=batch,
+        dtype=dtype,
+        device=dev.name,
+        device_memory_bytes=capacity,
+        cfg=False,
+        attention="sdpa",
+        parameters=params["held"],
+        flops_per_step=flops_step,
+        flops_per_image=(flops_step * (1 if train else steps)) / batch,
+        seconds_per_step=seconds_step,
+        seconds_per_image=seconds_image,
+        images_per_hour=3600.0 / seconds_image,
+        time_breakdown=times,
+        memory=memory,
+        fits=memory["total"] <= capacity,
+        max_batch=max_batch,
+        max_size=max_size,
+        notes=notes,
+    )
+
+
+def _scaled_bytes(c: Counts, f: float) -> Counts:
+    """A copy of counts whose tensors are f times the size (fp32 counted, half-precision run)."""
+    ops = {k: [[kind, fl, b * f] for kind, fl, b in v] for k, v in c.ops.items()}
+    return Counts(
+        **{
+            **asdict(c),
+            "ops": ops,
+            "peak_live_bytes": c.peak_live_bytes * f,
+            "saved_bytes": c.saved_bytes * f,
+            "train_peak_live_bytes": c.train_peak_live_bytes * f,
+            "input_bytes": c.input_bytes * f,
+        }
     )
 
 
@@ -508,7 +628,7 @@ def measure(
     cfg: bool = False,
     repeats: int = 3,
 ) -> dict[str, float]:
-    """Run the real workload on this CPU (pixel diffusion only) and time it.
+    """Run the real workload on this CPU (pixel diffusion and the non-diffusion families).
 
     Peak memory is the process's resident-set growth from before the model is built.
     """
@@ -516,6 +636,16 @@ def measure(
 
     import torch
 
+    from .families import FamilyModel, family_model, measure_family
+
+    fm = model if isinstance(model, FamilyModel) else None
+    if isinstance(model, str):
+        fm = family_model(model, size)
+    if fm is not None:
+        size = fm.size if size is None else size
+        _validate(task, size, 1, batch, "fp32", "sdpa")
+        fm.check_size(size)
+        return measure_family(fm, task, size, batch, repeats)
     arch = model if isinstance(model, Arch) else get_arch(model)
     size = arch.default_size if size is None else size
     _validate(task, size, steps, batch, "fp32", "sdpa")
