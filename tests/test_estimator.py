@@ -89,8 +89,8 @@ def test_time_is_linear_in_steps():
 
 def test_flops_and_time_grow_about_quadratically_with_size():
     # large enough to be compute-bound (a tiny net on a GPU is launch-bound: flat in size)
-    a = estimate("sd15", size=512, steps=10, batch=2, device="a100-80g")
-    b = estimate("sd15", size=1024, steps=10, batch=2, device="a100-80g")
+    a = estimate("sd15", size=512, steps=10, batch=8, device="a100-80g")
+    b = estimate("sd15", size=1024, steps=10, batch=8, device="a100-80g")
     # ~4x from convolutions, more from attention's (tokens^2 = size^4) part at 128^2 latents
     assert 4.0 < b.flops_per_image / a.flops_per_image < 6.5
     assert 3.5 < b.seconds_per_image / a.seconds_per_image < 7.0
@@ -325,3 +325,19 @@ def test_latent_diffusion_model_dir_is_estimated_with_its_named_text_encoder():
     assert set(rep.time_breakdown) >= {"unet", "text_encoder", "vae_decoder"}
     with pytest.raises(ImagesynthError, match="multiple of 4"):
         estimate(str(path), size=30, steps=20)
+
+
+def test_server_hosts_bound_batch_one_not_large_batches():
+    import dataclasses
+
+    from imagesynth.estimator.devices import GPUS, HOST_LAUNCH_US
+
+    server = GPUS["a100-80g"]
+    desktop = dataclasses.replace(server, launch_us=HOST_LAUNCH_US["desktop"])
+    kw = dict(size=512, steps=10, device=server, cfg=True)
+    b1 = estimate("sd15", batch=1, **kw).seconds_per_step
+    b1_desk = estimate("sd15", batch=1, **{**kw, "device": desktop}).seconds_per_step
+    b16 = estimate("sd15", batch=16, **kw).seconds_per_step
+    b16_desk = estimate("sd15", batch=16, **{**kw, "device": desktop}).seconds_per_step
+    assert b1 > 1.5 * b1_desk  # batch 1: the host's per-op cost sets the pace
+    assert b16 == pytest.approx(b16_desk, rel=0.02)  # batch 16: the GPU does
