@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import time
 
 import numpy as np
@@ -297,6 +298,30 @@ def test_estimate_route_and_job(server):
     assert job["status"] == "done" and job["result"]["report"]["steps"] == 4
 
 
+def test_eval_job_progress_and_cancel_inside_the_sampling(server):
+    client, _ = server
+    job = submit(client, "eval", model="shapes-t2i", ref="shapes", metrics="kid", n=8, steps=2)
+    steps = []
+    with client.stream("GET", f"/api/v1/jobs/{job}/events") as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and '"step"' in line:
+                steps.append(json.loads(line[6:]).get("step"))
+    info = wait(client, job)
+    assert info["status"] == "done", info
+    assert info["total"] == 9 and info["step"] == 9  # 8 images, then the metrics
+    assert 4 in steps and 8 in steps  # half the steps of the one batch = half the images
+    assert "kid" in info["result"]["text"]
+
+    long = submit(client, "eval", model="shapes-t2i", ref="shapes", metrics="kid", n=16,
+                  steps=400)  # fmt: skip
+    at = wait_step(client, long, 1)["step"]
+    t0 = time.monotonic()
+    client.post(f"/api/v1/jobs/{long}/cancel")
+    info = wait(client, long)
+    assert info["status"] == "cancelled" and 1 <= at <= info["step"] < 16
+    assert time.monotonic() - t0 < 20
+
+
 def test_crashing_job_fails_and_server_keeps_serving(server):
     client, _ = server
 
@@ -347,6 +372,10 @@ def test_train_stop_resume_and_the_trained_model_is_listed(server):
     assert detail["samples"] and client.get(detail["samples"][-1]).status_code == 200
     assert "/" not in detail["config"]["data"] or detail["config"]["data"] == "digits"
 
+    # the stopped run's model generates (and is cached) before the resume rewrites it
+    before = wait(client, submit(client, "txt2img", model=f"run:{run}", steps=2, seed=0))
+    png_before = client.get(before["result"]["images"][0]["url"]).content
+
     resumed = wait(client, submit(client, "train", resume=run, steps=stopped_at + 2), timeout=240)
     assert resumed["status"] == "done", resumed
     assert resumed["result"]["run"] == run and resumed["result"]["step"] == stopped_at + 2
@@ -357,6 +386,9 @@ def test_train_stop_resume_and_the_trained_model_is_listed(server):
     # the trained (class-free pixel diffusion) model generates through the same job kind
     gen = wait(client, submit(client, "txt2img", model=f"run:{run}", steps=2, seed=0))
     assert gen["status"] == "done", gen
+    png_after = client.get(gen["result"]["images"][0]["url"]).content
+    # same seed, new weights: a stale cached pipeline would give the very same pixels
+    assert not np.array_equal(pixels(png_before), pixels(png_after))
     bad = client.post("/api/v1/jobs", json={"kind": "train", "params": {"resume": "../x"}})
     assert bad.status_code == 404 and bad.json()["code"] == "not_found"
 
@@ -383,3 +415,21 @@ def test_restart_keeps_jobs_and_images_and_marks_interrupted(tmp_path):
         assert json.loads(lines[0][6:])["status"] == "interrupted"
         listed = {j["id"]: j["status"] for j in client.get("/api/v1/jobs").json()["jobs"]}
         assert listed[done["id"]] == "done" and listed["f" * 32] == "interrupted"
+
+
+def test_model_cache_reloads_a_model_rewritten_on_disk(tmp_path):
+    import shutil
+
+    from imagesynth.bundled import bundled_model_path
+    from imagesynth.server.models import ModelRegistry
+
+    models = tmp_path / "models"
+    shutil.copytree(bundled_model_path(), models / "copy")
+    reg = ModelRegistry(Settings(outputs_dir=tmp_path / "out", models_dir=models))
+    a = reg.load("copy")
+    assert reg.load("copy") is a  # cached while the files are unchanged
+    meta = models / "copy" / "imagesynth.json"
+    st = meta.stat()
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # "rewritten"
+    b = reg.load("copy")
+    assert b is not a and reg.load("copy") is b

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -534,8 +534,16 @@ def generate_images(
     device: str | None = None,
     progress: bool = True,
     labels: Sequence[int] | None = None,
+    callback: Callable[[int, int, Any], None] | None = None,
 ) -> tuple[ImageSet, Any]:
-    """n images from a model (image i from seed + i; classes round-robin when conditional)."""
+    """n images from a model (image i from seed + i; classes round-robin when conditional).
+
+    `callback(done, n, info)` runs after each denoising step of a batch (info: the pipeline's
+    step info, where the pipeline reports steps) and after each batch (info None); an
+    exception raised there stops the generation (a server's cancel).
+    """
+    import inspect
+
     from ..api import load
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -552,8 +560,12 @@ def generate_images(
         if labels is not None:
             kw["class_labels"] = list(labels[start : start + b])
             kw["guidance_scale"] = guidance_scale
+        if callback is not None and "callback" in inspect.signature(pipe.__call__).parameters:
+            kw["callback"] = lambda info, start=start: callback(start, n, info)
         pils.extend(pipe(**kw).images)
         bar.update(b)
+        if callback is not None:
+            callback(start + b, n, None)
     bar.close()
     out = from_pils(pils, labels, source=str(model_dir))
     out.class_names = list(getattr(pipe, "class_names", []) or []) or None
@@ -573,9 +585,13 @@ def evaluate_model(
     guidance_scale: float | None = None,
     device: str | None = None,
     progress: bool = True,
+    callback: Callable[[int, int, Any], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Generate n images from a model directory and evaluate them (see evaluate_samples)."""
+    """Generate n images from a model directory and evaluate them (see evaluate_samples).
+
+    `callback`: as in `generate_images` (progress of the sampling, which dominates the time).
+    """
     from ..api import resolve_model_dir
     from ..io.model_dir import load_model
 
@@ -587,7 +603,7 @@ def evaluate_model(
             raise ImagesynthError(f"{model_dir}: pass --ref (the model's dataset is {ref!r})")
     sample, pipe = generate_images(
         model_dir, n, seed=seed, sampler=sampler, steps=steps,
-        guidance_scale=guidance_scale, device=device, progress=progress,
+        guidance_scale=guidance_scale, device=device, progress=progress, callback=callback,
     )  # fmt: skip
     sampling = {
         "model": str(model_dir),

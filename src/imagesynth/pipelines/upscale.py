@@ -10,6 +10,7 @@ eighth of the free memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,12 @@ def run_tiled(
     overlap: int = 16,
     blend: str = "linear",
     progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """net(x) for (1, C, H, W) `x`, in overlapping tiles blended with ramp windows."""
+    """net(x) for (1, C, H, W) `x`, in overlapping tiles blended with ramp windows.
+
+    `callback(done, total)` runs after each tile (an exception raised there stops the run).
+    """
     from tqdm.auto import tqdm
 
     if blend not in ("linear", "cosine"):
@@ -86,7 +91,10 @@ def run_tiled(
     if overlap < 0 or ((tile < h or tile < w) and overlap * 2 >= tile):
         raise ImagesynthError(f"overlap must be in 0..{tile // 2 - 1} px for tile {tile}")
     if tile >= h and tile >= w:
-        return net(x)
+        y = net(x)
+        if callback is not None:
+            callback(1, 1)
+        return y
     stride = tile - overlap
     ys = list(range(0, max(h - tile, 0) + 1, stride))
     xs = list(range(0, max(w - tile, 0) + 1, stride))
@@ -108,6 +116,8 @@ def run_tiled(
             out[sl] += piece * win
             weight[sl] += win
             bar.update(1)
+            if callback is not None:
+                callback(bar.n, bar.total)
     bar.close()
     return out / weight.clamp_min(1e-8)
 
@@ -147,6 +157,7 @@ class SuperResolutionPipeline:
         overlap: int = 16,
         blend: str = "linear",
         progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
         **ignored: Any,
     ) -> UpscaleOutput:
         from ..io.images import pil_to_tensor, tensor_to_pil
@@ -163,7 +174,7 @@ class SuperResolutionPipeline:
             raise ImagesynthError(f"image is {image.size[0]}x{image.size[1]} px; need >= 8 px")
         want_c = self.net.channels
         x = pil_to_tensor(image.convert("L" if want_c == 1 else "RGB"))[None].to(self.device)
-        y = run_tiled(self.net, x, self.scale, tile, overlap, blend, progress)
+        y = run_tiled(self.net, x, self.scale, tile, overlap, blend, progress, callback)
         params = {
             "task": self.task,
             "scale": self.scale,

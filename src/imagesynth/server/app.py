@@ -414,6 +414,30 @@ def build_api(state_getter: Any = get_state) -> APIRouter:
     return api
 
 
+def document_job_kinds(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI body of POST /api/v1/jobs as one alternative per registered kind (its own
+    parameter model), so clients and schema-driven tools see every kind's parameters."""
+    body = schema["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    alternatives = []
+    for name, kind in KINDS.items():
+        params = kind.params.model_json_schema()
+        defs = params.pop("$defs", None)
+        if defs:  # flat models only (nested ones would need their definitions in components)
+            continue
+        alternatives.append(
+            {
+                "title": f"{name} job",
+                "type": "object",
+                "properties": {"kind": {"type": "string", "enum": [name]}, "params": params},
+                "required": ["kind"],
+                "additionalProperties": False,
+                "description": kind.description,
+            }
+        )
+    body["schema"] = {"oneOf": alternatives}
+    return schema
+
+
 def _public_data(data: Any) -> Any:
     """A run's data spec without the server's absolute folder path."""
     if isinstance(data, str) and data.startswith("folder:"):
@@ -483,5 +507,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_job_kinds(base_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(GuardMiddleware, settings=settings)
     return app

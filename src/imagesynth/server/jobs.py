@@ -84,6 +84,18 @@ class Job:
     preview: str | None = None  # latest preview PNG (base64)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. training losses
     lock: threading.Lock = field(default_factory=threading.Lock)
+    cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def request_cancel(self) -> None:
+        """Set the cancel flag and run the hooks a handler registered (e.g. a trainer's stop)."""
+        self.cancel.set()
+        with self.lock:
+            hooks = list(self.cancel_hooks)
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:  # a hook must never break the cancel route
+                log.exception("cancel hook of job %s failed", self.id)
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         with self.lock:
@@ -138,6 +150,10 @@ def public_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _without_preview(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "preview"} if "preview" in data else data
+
+
 def stored_to_info(row: dict[str, Any]) -> dict[str, Any]:
     """A job row from SQLite (e.g. after a restart) in the shape of `Job.info`."""
     total = row.get("total") or 0
@@ -174,6 +190,17 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         return self.job.cancel.is_set()
+
+    @property
+    def timed_out(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Run `hook` when the job is cancelled (at once if it already is), from any thread."""
+        with self.job.lock:
+            self.job.cancel_hooks.append(hook)
+        if self.job.cancel.is_set():
+            hook()
 
     def check(self) -> None:
         """Raise JobCancelled / JobTimeout when the job must stop (call between steps)."""
@@ -241,7 +268,7 @@ class JobManager:
             for job_id in self.pending:
                 self.jobs[job_id].cancel.set()
             if self.current is not None:
-                self.current.cancel.set()
+                self.current.request_cancel()
             self.wake.notify_all()
         if self.thread is not None:
             self.thread.join(timeout)
@@ -296,7 +323,7 @@ class JobManager:
             if job is None:
                 row = self.store.get_job(job_id)
                 return stored_to_info(row) if row else None
-            job.cancel.set()
+            job.request_cancel()
             if job.status == "queued" and job.id in self.pending:
                 self.pending.remove(job.id)
                 self._finish(job, "cancelled", None)
@@ -311,7 +338,21 @@ class JobManager:
         job.status = status
         job.finished = time.time()
         job.error = error
-        job.extra.pop("inputs", None)  # decoded images: not needed any more
+        # a finished job stays in memory (for late SSE readers) without its heavy parts: the
+        # decoded inputs, base64 images in its parameters, and all previews but the last
+        job.extra.pop("inputs", None)
+        job.params = public_params(job.params)
+        with job.lock:
+            job.cancel_hooks.clear()
+            with_preview = [i for i, e in enumerate(job.events) if "preview" in e[2]]
+            last = with_preview[-1] if with_preview else -1
+            job.events = collections.deque(
+                (
+                    (seq, name, data if i == last else _without_preview(data))
+                    for i, (seq, name, data) in enumerate(job.events)
+                ),
+                maxlen=job.events.maxlen,
+            )
         self.store.update_job(
             job.id,
             status=status,

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..errors import ImagesynthError, unknown_name
-from .jobs import JobCancelled, JobContext, JobTimeout, register_kind
+from .jobs import JobContext, register_kind
 from .schemas import (
     EstimateParams,
     EvalParams,
@@ -27,8 +27,11 @@ from .schemas import (
     Img2ImgParams,
     InpaintParams,
     OutpaintParams,
+    StyleParams,
+    TextureParams,
     TrainParams,
     Txt2ImgParams,
+    UpscaleParams,
 )
 from .security import HTTPFail, confine, decode_image
 
@@ -72,23 +75,18 @@ def prepare(app_state: Any, kind: str, params: BaseModel) -> dict[str, Any]:
         app_state.models.path(params.model)
     if isinstance(params, EstimateParams) and params.model not in ESTIMATE_PRESETS:
         app_state.models.path(params.model)
+    if isinstance(params, UpscaleParams | StyleParams | TextureParams):
+        inputs.update(prepare_tool(app_state, params))
     return inputs
 
 
 # ----- generation ------------------------------------------------------------------------------
 def _preview_b64(pipe: Any, x0: Any, side: int = 128) -> str:
-    from PIL import Image
 
     from ..io.images import tensor_to_pil
 
     x = pipe.decode(x0[:1]) if hasattr(pipe, "decode") else x0[:1].clamp(-1, 1)
-    im = tensor_to_pil(x.float().cpu())[0]
-    scale = max(1, side // max(im.size))
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return _image_preview(tensor_to_pil(x.float().cpu())[0], side)
 
 
 def _generate(ctx: JobContext, p: GenerateParams, recipe: str) -> dict[str, Any]:
@@ -164,6 +162,266 @@ def outpaint(ctx: JobContext, p: OutpaintParams) -> dict[str, Any]:
     return _generate(ctx, p, "outpaint")
 
 
+# ----- image tools: upscale, style, texture --------------------------------------------------
+def _image_preview(im: Any, side: int = 128) -> str:
+    """A small PNG (base64) of a PIL image: shrunk to `side` px, or enlarged by pixel repeats."""
+    from PIL import Image
+
+    im = im.convert("RGB")
+    if max(im.size) > side:
+        im = im.copy()
+        im.thumbnail((side, side), Image.BILINEAR)
+    elif max(im.size) * 2 <= side:
+        k = side // max(im.size)
+        im = im.resize((im.width * k, im.height * k), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _tensor_image(x: Any) -> Any:
+    """(1, C, H, W) in [-1, 1] -> PIL."""
+    from ..io.images import tensor_to_pil
+
+    return tensor_to_pil(x.detach().float().cpu().clamp(-1, 1))[0]
+
+
+class _Progress:
+    """A loop callback: cancel / time cap checked every step, previews at most every 0.3 s."""
+
+    def __init__(self, ctx: JobContext, total: int, preview: bool) -> None:
+        self.ctx, self.total, self.preview, self.last = ctx, total, preview, 0.0
+
+    def __call__(self, step: int, image: Any = None) -> None:
+        self.ctx.check()  # cancel stops the loop here, within one step
+        b64 = None
+        now = time.monotonic()
+        if self.preview and image is not None and (now - self.last >= 0.3 or step == self.total):
+            self.last = now
+            b64 = _image_preview(image() if callable(image) else image)
+        self.ctx.progress(step, self.total, b64)
+
+
+def _tool_image(data: str, what: str, s: Any, min_side: int, max_side: int) -> Any:
+    """A decoded RGB input image of a tool job, its sides checked against the caps."""
+    im = decode_image(data, what, s.max_pixels)
+    if min(im.size) < min_side:
+        raise ImagesynthError(
+            f"{what} is {im.width}x{im.height} px; it must be at least {min_side}x{min_side} px"
+        )
+    if max(im.size) > max_side:
+        raise ImagesynthError(
+            f"{what} is {im.width}x{im.height} px; at most {max_side} px a side on this server"
+        )
+    return im.convert("RGB")
+
+
+def prepare_tool(app_state: Any, params: BaseModel) -> dict[str, Any]:
+    """Submission checks of the upscale / style / texture kinds (sizes, steps, images)."""
+    s = app_state.settings
+    inputs: dict[str, Any] = {}
+    if isinstance(params, UpscaleParams):
+        im = _tool_image(params.image, "image", s, 8, s.max_tool_side)
+        out = max(im.size) * params.scale
+        if out > s.max_upscale_side:
+            raise ImagesynthError(
+                f"x{params.scale} of a {im.width}x{im.height} image is {out} px a side; at most "
+                f"{s.max_upscale_side} px on this server"
+            )
+        if params.method == "model":
+            cfg_path = upscaler_path(app_state, params.model, params.scale) / "config.json"
+            try:
+                scale = int(json.loads(cfg_path.read_text()).get("scale", 2))
+            except (OSError, ValueError, TypeError):
+                raise ImagesynthError(f"model {params.model!r}: unreadable config.json") from None
+            if params.scale != scale:
+                name = params.model or f"upscaler-x{params.scale}"
+                raise ImagesynthError(
+                    f"model {name!r} upscales x{scale}, got scale {params.scale}; use an "
+                    f"x{params.scale} model or method bicubic or lanczos"
+                )
+        inputs["image"] = im
+    elif isinstance(params, StyleParams):
+        if params.size > s.max_tool_side:
+            raise ImagesynthError(f"size must be at most {s.max_tool_side} px, got {params.size}")
+        if params.steps > s.max_tool_steps:
+            raise ImagesynthError(f"steps must be at most {s.max_tool_steps}, got {params.steps}")
+        w = params.style_weights
+        if w is not None and (len(w) != len(params.styles) or sum(w) <= 0 or min(w) < 0):
+            raise ImagesynthError(
+                f"style_weights must be {len(params.styles)} numbers >= 0 with a positive sum, "
+                f"got {w}"
+            )
+        big = 4 * s.max_tool_side  # inputs are resized to `size`; refuse absurd ones early
+        inputs["content"] = _tool_image(params.content, "content", s, 16, big)
+        inputs["styles"] = [
+            _tool_image(d, f"styles[{i}]", s, 16, big) for i, d in enumerate(params.styles)
+        ]
+    elif isinstance(params, TextureParams):
+        if params.mask is None and params.size > s.max_tool_side:  # fill keeps the sample size
+            raise ImagesynthError(f"size must be at most {s.max_tool_side} px, got {params.size}")
+        if params.method == "neural" and params.steps > s.max_tool_steps:
+            raise ImagesynthError(f"steps must be at most {s.max_tool_steps}, got {params.steps}")
+        sample = _tool_image(params.sample, "sample", s, 16, s.max_tool_side)
+        inputs["sample"] = sample
+        if params.mask is not None:
+            mask = _tool_image(params.mask, "mask", s, 1, s.max_tool_side)
+            if mask.size != sample.size:
+                raise ImagesynthError(
+                    f"mask is {mask.width}x{mask.height} px but the sample is "
+                    f"{sample.width}x{sample.height} px; they must match"
+                )
+            inputs["mask"] = mask
+        else:
+            import numpy as np
+
+            from ..classical.texture import default_block
+
+            block = params.block or default_block(np.zeros((sample.height, sample.width)))
+            if params.method == "quilting" and min(sample.size) <= block:
+                raise ImagesynthError(
+                    f"sample is {sample.width}x{sample.height} px; quilting with block {block} "
+                    f"needs more than {block} px a side"
+                )
+    return inputs
+
+
+def upscaler_path(app_state: Any, name: str | None, scale: int = 2) -> Path:
+    """A named upscaler model of this server, or (no name) the bundled one for `scale`."""
+    from .. import bundled
+
+    if name is None:
+        path = Path(bundled.__file__).resolve().parent / f"upscaler-x{scale}"
+        if not (path / "imagesynth.json").is_file():
+            raise ImagesynthError(
+                f"no bundled x{scale} upscaler in this installation; use method bicubic or lanczos"
+            )
+        return path
+    path = app_state.models.path(name)
+    from .models import _family
+
+    if _family(path) != "upscaler":
+        raise ImagesynthError(f"model {name!r} is a {_family(path)} model, not an upscaler")
+    return path
+
+
+@register_kind("upscale", UpscaleParams, "Upscale x2 / x4 (learned model or bicubic / Lanczos).")
+def upscale(ctx: JobContext, p: UpscaleParams) -> dict[str, Any]:
+    from ..pipelines.upscale import classical_upscale
+
+    im = ctx.job.extra["inputs"]["image"]
+    ctx.check()
+    if p.method != "model":
+        ctx.progress(0, 1)
+        out = classical_upscale(im, p.scale, p.method)
+        params: dict[str, Any] = {"method": p.method, "scale": p.scale}
+        ctx.progress(1, 1)
+    else:
+        pipe = ctx.manager.models.load_path(upscaler_path(ctx.manager.app_state, p.model, p.scale))
+        cb = _Progress(ctx, 1, False)
+
+        def on_tile(done: int, total: int) -> None:
+            cb.total = total
+            cb(done)
+
+        res = pipe(im, scale=p.scale, tile=p.tile, overlap=p.overlap, callback=on_tile)
+        out, params = res.images[0], {"method": "model", **res.params[0]}
+        params["model"] = p.model or f"upscaler-x{p.scale}"
+    ctx.check()
+    params = {"prompt": f"upscale x{p.scale}", **params, "input_size": list(im.size)}
+    return {"images": [ctx.save_image(out, params)]}
+
+
+@register_kind("style", StyleParams, "Neural style transfer (Gatys et al.): content x style(s).")
+def style(ctx: JobContext, p: StyleParams) -> dict[str, Any]:
+    from ..classical.features import get_feature_net
+    from ..classical.style import StyleOptions, _scales, style_transfer
+
+    inputs = ctx.job.extra["inputs"]
+    opts = StyleOptions(
+        size=p.size,
+        content_weight=p.content_weight,
+        style_weight=p.style_weight,
+        tv_weight=p.tv_weight,
+        optimizer=p.optimizer,
+        steps=p.steps,
+        scales=p.scales,
+        preserve_color=p.preserve_color,
+        seed=p.seed,
+        style_image_weights=list(p.style_weights or []),
+    )
+    levels = len(_scales(p.size, p.scales))  # the coarse-to-fine sizes style_transfer runs
+    cb = _Progress(ctx, p.steps * levels, p.preview)
+
+    def on_step(k: int, i: int, image: Any) -> None:
+        cb(k * p.steps + i, image)
+
+    ctx.check()
+    image, record = style_transfer(
+        inputs["content"],
+        inputs["styles"],
+        get_feature_net(p.features),
+        opts,
+        callback=on_step,
+        save_every=1,
+    )
+    ctx.check()
+    params = {"prompt": "style transfer", **record}
+    return {"images": [ctx.save_image(image, params)]}
+
+
+@register_kind("texture", TextureParams, "Texture synthesis from a sample, or hole filling.")
+def texture(ctx: JobContext, p: TextureParams) -> dict[str, Any]:
+    import numpy as np
+    from PIL import Image
+
+    from ..classical import texture as tx
+
+    inputs = ctx.job.extra["inputs"]
+    sample = np.asarray(inputs["sample"], dtype=np.float32) / 255.0
+    ctx.check()
+    if "mask" in inputs:
+        ctx.progress(0, 1)
+        hole = np.asarray(inputs["mask"].convert("L"), dtype=np.float32) > 127.5
+        arr = tx.fill(sample, hole, block=p.block or 15, seed=p.seed)
+        params: dict[str, Any] = {"prompt": "texture fill", "block": p.block or 15}
+    elif p.method == "neural":
+        from ..classical.features import get_feature_net
+
+        cb = _Progress(ctx, p.steps, p.preview)
+        arr = tx.neural_texture(
+            sample,
+            p.size,
+            get_feature_net(p.features),
+            steps=p.steps,
+            seed=p.seed,
+            tile=p.tile,
+            callback=lambda i, x: cb(i, lambda: _tensor_image(x)),
+        )
+        params = {"prompt": "texture", "steps": p.steps, "features": p.features}
+    elif p.method == "efros-leung":
+        cb = _Progress(ctx, 1, False)
+
+        def on_pixels(done: int, total: int) -> None:
+            cb.total = total
+            cb(done)
+
+        arr = tx.efros_leung(sample, p.size, seed=p.seed, tile=p.tile, callback=on_pixels)
+        params = {"prompt": "texture"}
+    else:
+        ctx.progress(0, 1)  # quilting has no per-block hook: 0, then 1
+        arr = tx.quilt(sample, p.size, block=p.block, seed=p.seed, tile=p.tile)
+        params = {"prompt": "texture", "block": p.block}
+    ctx.check()
+    out = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
+    if ctx.job.step < ctx.job.total or ctx.job.total == 0:
+        ctx.progress(1, 1)
+    params.update(method=p.method if "mask" not in inputs else "fill", seed=p.seed)
+    if "mask" not in inputs:
+        params.update(size=p.size, tile=p.tile)
+    return {"images": [ctx.save_image(out, params)]}
+
+
 # ----- training ----------------------------------------------------------------------------
 def find_run(runs_dir: Path, name: str) -> Path:
     """A run directory of this server by name (never a path)."""
@@ -234,46 +492,38 @@ def train_config(app_state: Any, p: TrainParams) -> tuple[Any, str | None]:
 
 @register_kind("train", TrainParams, "Train a model; stop keeps a checkpoint, resume goes on.")
 def train(ctx: JobContext, p: TrainParams) -> dict[str, Any]:
-    """Runs the library's Trainer in the worker thread; stop = the trainer's interrupt path.
+    """Runs the library's Trainer in the worker thread through its public hooks.
 
-    The trainer saves a checkpoint, samples and the model when interrupted; this subclass turns
-    the job's cancel flag (and the time cap) into that interrupt at the next step.
+    `on_step` reports progress and the loss; the job's cancel (and the time cap) call
+    `trainer.request_stop`, after which the trainer saves a checkpoint, samples and the model.
     """
     from ..training.trainer import Trainer
 
     cfg, resume = ctx.job.extra["inputs"]["train"]
-    stop_reason: list[str] = []
+    total = cfg.steps or 0
 
-    class ServerTrainer(Trainer):
-        def _train_step(self, step: int):  # type: ignore[override]
-            try:
-                ctx.check()
-            except JobCancelled:
-                stop_reason.append("stopped")
-                raise KeyboardInterrupt from None
-            except JobTimeout:
-                stop_reason.append("timeout")
-                raise KeyboardInterrupt from None
-            out = super()._train_step(step)
-            if "step0" not in ctx.job.extra:
-                ctx.job.extra["step0"] = step
-            ctx.progress(step + 1, cfg.steps or 0, loss=out[0], run=self.run_dir.name)
-            return out
+    def on_step(trainer: Trainer, step: int, loss: float) -> bool:
+        ctx.job.extra.setdefault("step0", step - 1)
+        ctx.progress(step, total, loss=loss, run=trainer.run_dir.name)
+        if ctx.timed_out:
+            trainer.request_stop("timeout")
+        return False
 
-    trainer = ServerTrainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, on_step=on_step)
     ctx.job.result = {"run": trainer.run_dir.name}
-    ctx.progress(trainer.start_step, cfg.steps or 0, run=trainer.run_dir.name)
+    ctx.on_cancel(lambda: trainer.request_stop("stopped"))  # stops before the next step
+    ctx.progress(trainer.start_step, total, run=trainer.run_dir.name)
     res = trainer.train()
     last = res.stats[-1] if res.stats else {}
-    result = {
+    stopped = res.stopped if res.stopped in ("stopped", "timeout") else None
+    return {
         "run": res.run_dir.name,
         "step": res.step,
         "loss": last.get("loss"),
         "model": f"run:{res.run_dir.name}" if res.model_dir else None,
-        "stopped": stop_reason[0] if stop_reason else None,
+        "stopped": stopped,
         "finished": res.stopped,
     }
-    return result
 
 
 # ----- estimate and evaluate -------------------------------------------------------------------
@@ -307,7 +557,17 @@ def evaluate(ctx: JobContext, p: EvalParams) -> dict[str, Any]:
     from ..metrics.protocol import format_scores
 
     ctx.check()
-    ctx.progress(0, 1)
+    total = p.n + 1  # one unit per sampled image, the last one for features and metrics
+    ctx.progress(0, total)
+
+    def on_sample(done: int, n: int, info: Any) -> None:
+        ctx.check()  # cancel stops the sampling within one denoising step
+        if info is not None:  # inside a batch: the images-equivalent of the steps so far
+            batch = min(64, n - done)
+            done += batch * (info.i + 1) // max(1, info.total)
+        if done != ctx.job.step:
+            ctx.progress(done, total)
+
     path = ctx.manager.models.path(p.model)
     result = evaluate_model(
         path,
@@ -319,8 +579,9 @@ def evaluate(ctx: JobContext, p: EvalParams) -> dict[str, Any]:
         steps=p.steps,
         device=ctx.settings.device,
         progress=False,
+        callback=on_sample,
     )
-    ctx.progress(1, 1)
+    ctx.progress(total, total)
     return {
         "model": p.model,
         "scores": json.loads(json.dumps(result.get("scores", {}), default=str)),

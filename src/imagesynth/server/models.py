@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -14,8 +15,11 @@ from ..errors import ImagesynthError, unknown_name
 from .settings import Settings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}$")
-# (model dir, device) -> pipeline: one cache per process, shared by every app in it (tests)
-_PIPES: collections.OrderedDict[tuple[str, str | None], Any] = collections.OrderedDict()
+# (model dir, device) -> (model_stamp, pipeline): one cache per process, shared by every app in
+# it (tests)
+_PIPES: collections.OrderedDict[tuple[str, str | None], tuple[tuple[int, int], Any]] = (
+    collections.OrderedDict()
+)
 _PIPES_LOCK = threading.Lock()
 
 
@@ -99,16 +103,51 @@ class ModelRegistry:
 
     def load(self, name: str | None) -> Any:
         """The pipeline of a model (loaded on first use, the last `cache_size` kept)."""
+        return self.load_path(self.path(name))
+
+    def load_path(self, path: Path) -> Any:
+        """The pipeline of a model directory, cached by (dir, device) and checked against the
+        directory's newest file time: a model rewritten on disk (a resumed training run saves
+        its `model/` again) is loaded afresh, never served stale."""
         from ..api import load
 
-        key = (str(self.path(name)), self.settings.device)
+        key = (str(path), self.settings.device)
+        stamp = model_stamp(path)
         with _PIPES_LOCK:
             if key in _PIPES:
-                _PIPES.move_to_end(key)
-                return _PIPES[key]
+                if _PIPES[key][0] == stamp:
+                    _PIPES.move_to_end(key)
+                    return _PIPES[key][1]
+                del _PIPES[key]  # stale: the files changed since it was loaded
         pipe = load(key[0], device=self.settings.device)  # safetensors only (no pickles)
         with _PIPES_LOCK:
-            _PIPES[key] = pipe
+            _PIPES[key] = (stamp, pipe)
             while len(_PIPES) > self.cache_size:
                 _PIPES.popitem(last=False)
         return pipe
+
+
+def model_stamp(path: Path) -> tuple[int, int]:
+    """(newest mtime in ns, file count) of a model directory and its subfolders (one level):
+    diffusers layouts keep weights in unet/, vae/, ..."""
+    newest, count = 0, 0
+    dirs = [path]
+    for level in range(2):
+        subdirs = []
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        if level == 0:
+                            subdirs.append(e.path)
+                    else:
+                        newest = max(newest, e.stat().st_mtime_ns)
+                        count += 1
+                except OSError:
+                    continue
+        dirs = subdirs
+    return newest, count

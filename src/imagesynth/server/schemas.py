@@ -62,6 +62,53 @@ class OutpaintParams(GenerateParams):
     bottom: int = Field(0, ge=0, le=1024)
 
 
+class UpscaleParams(Strict):
+    image: str = Field(..., min_length=1, max_length=B64_MAX, description="Base64 PNG/JPEG.")
+    scale: Literal[2, 4] = 2
+    method: Literal["model", "bicubic", "lanczos"] = "model"
+    model: str | None = Field(
+        None, max_length=200, description="An upscaler from /api/v1/models; default: bundled."
+    )
+    tile: int | None = Field(None, ge=32, le=2048, description="Tile side in px (default: auto).")
+    overlap: int = Field(16, ge=0, le=256)
+
+
+class StyleParams(Strict):
+    content: str = Field(..., min_length=1, max_length=B64_MAX, description="Base64 PNG/JPEG.")
+    styles: list[str] = Field(..., min_length=1, max_length=4, description="Base64 images.")
+    style_weights: list[float] | None = Field(None, max_length=4)
+    size: int = Field(256, ge=16, le=4096, description="Longer side of the result in px.")
+    content_weight: float = Field(1.0, ge=0.0, le=1e6)
+    style_weight: float = Field(20.0, ge=0.0, le=1e6)
+    tv_weight: float = Field(1e-3, ge=0.0, le=1e3)
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    steps: int = Field(100, ge=1, le=100_000, description="Iterations per scale.")
+    scales: int = Field(0, ge=0, le=6, description="Coarse-to-fine levels (0: automatic).")
+    preserve_color: Literal["luminance", "histogram"] | None = None
+    features: str = Field(
+        "random", pattern=r"^random(:\d{1,9})?$", description="random | random:SEED (offline)."
+    )
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    preview: bool = True
+
+
+class TextureParams(Strict):
+    sample: str = Field(..., min_length=1, max_length=B64_MAX, description="Base64 PNG/JPEG.")
+    mask: str | None = Field(
+        None,
+        max_length=B64_MAX,
+        description="With a mask: fill its white part of `sample` from the rest (hole filling).",
+    )
+    method: Literal["quilting", "efros-leung", "neural"] = "quilting"
+    size: int = Field(128, ge=16, le=4096, description="Output side in px.")
+    tile: bool = Field(False, description="Make the output seamlessly tileable.")
+    block: int | None = Field(None, ge=4, le=256, description="Quilting / fill block in px.")
+    steps: int = Field(200, ge=1, le=100_000, description="Neural: optimisation steps.")
+    features: str = Field("random", pattern=r"^random(:\d{1,9})?$")
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    preview: bool = True
+
+
 class TrainParams(Strict):
     family: str = Field("diffusion", max_length=60, description="A name from /api/v1/families.")
     data: str = Field(

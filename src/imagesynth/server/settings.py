@@ -28,6 +28,9 @@ class Settings:
     max_steps: int = 150  # denoising steps per generation job
     max_job_seconds: float = 3600.0  # any job running longer is stopped
     max_train_steps: int = 1_000_000
+    max_tool_side: int = 512  # style / texture: largest result side; upscale: input side
+    max_upscale_side: int = 2048  # largest upscaled result side
+    max_tool_steps: int = 2000  # style / neural texture optimisation steps
     device: str | None = None  # torch device for the pipelines (default: best available)
     keep_jobs_in_memory: int = 200  # finished jobs kept for SSE; the SQLite file keeps all
 

@@ -51,8 +51,10 @@ async function loadListings() {
       api("/api/v1/families"), api("/api/v1/folders"),
     ]);
     state.samplers = samplers;
+    // generating models only (upscalers and restorers belong to the Tools tab)
+    const generators = models.filter((m) => !["upscaler", "restorer"].includes(m.family));
     document.querySelectorAll(".model-select").forEach((s) =>
-      fill(s, models, (m) => m.name, (m) => `${m.name} (${m.family})`));
+      fill(s, generators, (m) => m.name, (m) => `${m.name} (${m.family})`));
     document.querySelectorAll(".sampler-select").forEach((s) =>
       fill(s, samplers, (x) => x.name, (x) => x.label));
     $("#gen-sampler").value = "dpmpp-2m";
@@ -255,6 +257,51 @@ $("#edit-btn").addEventListener("click", () => {
   runJob(mode, params, {
     progress: $("#edit-progress"), status: $("#edit-status"), preview: $("#edit-preview"),
     results: $("#edit-results"), cancel: $("#edit-cancel"),
+  });
+});
+
+// ----- tools: upscale, style transfer, texture synthesis -----------------------------------
+function readFile(input) {
+  const f = input.files[0];
+  if (!f) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);  // a data: URL; the server takes it as base64
+    r.onerror = () => reject(new Error(`could not read ${f.name}`));
+    r.readAsDataURL(f);
+  });
+}
+
+function showToolFields() {
+  const kind = $("#tool-kind").value;
+  document.querySelectorAll("#tab-tools label[class^=tool-], #tab-tools label[class*=' tool-']").forEach((l) => {
+    l.hidden = !l.classList.contains(`tool-${kind}`);
+  });
+  $("#tool-file-label").textContent = { upscale: "Image", style: "Content image", texture: "Texture sample" }[kind];
+}
+$("#tool-kind").addEventListener("change", showToolFields);
+showToolFields();
+
+$("#tool-btn").addEventListener("click", async () => {
+  const kind = $("#tool-kind").value;
+  let image, styleImage;
+  try {
+    image = await readFile($("#tool-file"));
+    styleImage = kind === "style" ? await readFile($("#tool-style-file")) : null;
+  } catch (e) { say(e.message); return; }
+  if (!image) { say("choose an image file first"); return; }
+  let params;
+  if (kind === "upscale") {
+    params = { image, scale: num("#tool-scale"), method: $("#tool-method-up").value };
+  } else if (kind === "style") {
+    if (!styleImage) { say("choose a style image"); return; }
+    params = { content: image, styles: [styleImage], size: num("#tool-size"), steps: num("#tool-steps"), seed: num("#tool-seed") };
+  } else {
+    params = { sample: image, method: $("#tool-method-tx").value, size: num("#tool-size"), steps: num("#tool-steps"), seed: num("#tool-seed") };
+  }
+  runJob(kind, params, {
+    progress: $("#tool-progress"), status: $("#tool-status"), preview: $("#tool-preview"),
+    results: $("#tool-results"), cancel: $("#tool-cancel"),
   });
 });
 
