@@ -296,6 +296,13 @@ def test_estimate_route_and_job(server):
     assert rep["seconds_per_step"] > 0 and rep["memory"]["total"] > 0 and rep["task"] == "train"
     job = wait(client, submit(client, "estimate", model="shapes-t2i", steps=4, size=32))
     assert job["status"] == "done" and job["result"]["report"]["steps"] == 4
+    # the other families' presets, as the Train page names them
+    r = client.post("/api/v1/estimate", json={"model": "gan:dcgan-tiny", "task": "train",
+                                              "size": 16, "batch": 8})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert "gan preset dcgan-tiny" in r.json()["report"]["architecture"]
+    r = client.post("/api/v1/estimate", json={"model": "gan:nope", "task": "train"})
+    assert r.status_code == 400 and "unknown" in r.json()["message"]
 
 
 def test_eval_job_progress_and_cancel_inside_the_sampling(server):

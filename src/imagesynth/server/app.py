@@ -404,10 +404,10 @@ def build_api(state_getter: Any = get_state) -> APIRouter:
     # ----- quick synchronous estimate (the training page) ----------------------------------
     @api.post("/estimate", tags=["training"], response_model=EstimateResponse)
     def estimate(body: EstimateParams, request: Request) -> dict[str, Any]:
-        from .kinds import ESTIMATE_PRESETS, run_estimate
+        from .kinds import is_estimate_preset, run_estimate
 
         st = get_state(request)
-        if body.model not in ESTIMATE_PRESETS:
+        if not is_estimate_preset(body.model):
             st.models.path(body.model)
         return run_estimate(st, body)
 

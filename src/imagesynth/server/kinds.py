@@ -37,6 +37,17 @@ from .security import HTTPFail, confine, decode_image
 
 RUN_RE = re.compile(r"^\d{5}-[A-Za-z0-9._+-]{1,150}$")
 ESTIMATE_PRESETS = ("tiny", "small", "base", "sd15", "sdxl", "sdxl-refiner")
+
+
+def is_estimate_preset(name: str) -> bool:
+    """A name the estimator takes without a model directory (any family's preset)."""
+    if name in ESTIMATE_PRESETS:
+        return True
+    from ..estimator.families import preset_names
+
+    return name in preset_names()
+
+
 IMAGE_FIELDS = ("image", "mask")
 
 
@@ -73,7 +84,7 @@ def prepare(app_state: Any, kind: str, params: BaseModel) -> dict[str, Any]:
         inputs["train"] = train_config(app_state, params)
     if isinstance(params, EvalParams):
         app_state.models.path(params.model)
-    if isinstance(params, EstimateParams) and params.model not in ESTIMATE_PRESETS:
+    if isinstance(params, EstimateParams) and not is_estimate_preset(params.model):
         app_state.models.path(params.model)
     if isinstance(params, UpscaleParams | StyleParams | TextureParams):
         inputs.update(prepare_tool(app_state, params))
@@ -530,7 +541,7 @@ def train(ctx: JobContext, p: TrainParams) -> dict[str, Any]:
 def run_estimate(app_state: Any, p: EstimateParams) -> dict[str, Any]:
     from ..estimator import predict as est
 
-    model = p.model if p.model in ESTIMATE_PRESETS else str(app_state.models.path(p.model))
+    model = p.model if is_estimate_preset(p.model) else str(app_state.models.path(p.model))
     report = est.estimate(
         model,
         task=p.task,

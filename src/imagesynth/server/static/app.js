@@ -441,8 +441,12 @@ $("#train-form").addEventListener("submit", (ev) => {
 });
 
 $("#estimate-btn").addEventListener("click", async () => {
-  const preset = $("#train-preset").value;
-  const model = ["tiny", "small", "base"].includes(preset) ? preset : "tiny";
+  // the estimator's name for this family + preset (estimator/families.py)
+  const family = $("#train-family").value, preset = $("#train-preset").value;
+  const named = { diffusion: preset, gan: `gan:${preset}`, vae: `vae:${preset}`,
+    upscaler: `upscaler:${preset}`, pixelcnn: "pixelcnn", vqvae: "vqvae", restorer: "restorer" };
+  const model = named[family];
+  if (!model) { say(`the ${family} family is estimated from a model directory: use the CLI`); return; }
   try {
     const r = await api("/api/v1/estimate", {
       method: "POST", body: { model, task: "train", size: num("#train-size"), batch: num("#train-batch") },
