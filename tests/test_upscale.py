@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -22,7 +21,7 @@ def test_untrained_net_is_bicubic_and_tiling_matches():
     whole = net(x)
     tiled = run_tiled(net, x, 2, tile=24, overlap=8)
     assert tiled.shape == whole.shape
-    assert float(psnr(tiled, whole)) > 40
+    assert float(psnr(tiled, whole.detach())) > 40
 
 
 def test_degrade_is_seeded_and_downscales():
@@ -46,6 +45,33 @@ def test_bundled_upscaler_beats_bicubic(tmp_path):
         sr = pipe.net(lr).clamp(-1, 1)
     bic = torch.nn.functional.interpolate(lr, scale_factor=2, mode="bicubic").clamp(-1, 1)
     assert float(psnr(sr, x) - psnr(bic, x)) > 0.5
+
+
+def test_bundled_x4_beats_bicubic_and_is_the_scale4_default(tmp_path):
+    from imagesynth import load
+    from imagesynth.cli.image_tools import _bundled_upscaler
+    from imagesynth.data.skimage_sets import sample_image
+    from imagesynth.io.pngmeta import read_png_metadata
+
+    pipe = load(_bundled_upscaler(4))
+    assert pipe.task == "upscale" and pipe.scale == 4
+    gains = []
+    for name, box in (("coffee", (200, 100, 328, 228)), ("chelsea", (100, 60, 228, 188))):
+        hr = np.asarray(sample_image(name).crop(box), dtype=np.float32)
+        x = torch.from_numpy(hr / 127.5 - 1).permute(2, 0, 1)[None]
+        lr = torch.nn.functional.interpolate(x, scale_factor=0.25, mode="bicubic", antialias=True)
+        with torch.no_grad():
+            sr = pipe.net(lr).clamp(-1, 1)
+        bic = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic").clamp(-1, 1)
+        gains.append(float(psnr(sr, x) - psnr(bic, x)))
+    assert min(gains) > 0.3, gains
+    img = tmp_path / "in.png"
+    Image.fromarray(np.asarray(sample_image("chelsea").crop((100, 60, 132, 84)))).save(img)
+    out = tmp_path / "o.png"
+    r = runner.invoke(app, ["upscale", str(img), "--scale", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (128, 96)
+    assert read_png_metadata(out).params["model"] == "upscaler-x4"
 
 
 def test_train_upscaler_tiny(tmp_path):
@@ -106,9 +132,41 @@ def test_richardson_lucy_sharpens():
     assert err(rl) < err(blurred)
 
 
-@pytest.mark.parametrize("task", ["deblur"])
-def test_restore_needs_model(tmp_path, task):
+def test_restore_without_a_bundled_model_needs_model(tmp_path, monkeypatch):
+    from imagesynth import bundled
+
+    monkeypatch.setattr(
+        bundled, "BUNDLED", {k: v for k, v in bundled.BUNDLED.items() if k != "restorer-denoise"}
+    )
     img = tmp_path / "in.png"
     Image.new("RGB", (20, 20)).save(img)
-    r = runner.invoke(app, ["restore", str(img), "--task", task])
-    assert "needs --model" in str(r.exception)
+    r = runner.invoke(app, ["restore", str(img), "--task", "denoise"])
+    assert r.exit_code != 0
+    assert "no bundled denoise model: pass --model DIR" in str(r.exception)
+
+
+def test_perceptual_adversarial_fine_tune_runs_and_starts_from_init(tmp_path):
+    import imagesynth
+    from imagesynth.cli.image_tools import _bundled_upscaler
+    from imagesynth.io.model_dir import load_model
+
+    res = imagesynth.train(
+        family="upscaler",
+        data="textures",
+        size=16,
+        steps=2,
+        batch=2,
+        lr=1e-6,
+        runs_dir=str(tmp_path),
+        data_options={"length": 8},
+        family_options={
+            "perceptual_weight": 0.1,
+            "adv_weight": 0.01,
+            "init_from": str(_bundled_upscaler(2)),
+        },
+    )
+    stats = [s for s in res.stats if "sr/perceptual" in s]
+    assert stats and stats[-1]["sr/perceptual"] > 0 and "sr/g_adv" in stats[-1]
+    start = load_model(_bundled_upscaler(2)).state_dict()["tail.weight"].float()
+    tuned = load_model(res.model_dir).state_dict()["tail.weight"].float()
+    assert torch.allclose(start, tuned, atol=1e-3)  # lr 1e-6: still the bundled weights

@@ -10,7 +10,13 @@ Training pairs are made on the fly from any image dataset: the high-resolution b
 degraded inside the loss with the step's generator (Gaussian blur, downscale, Gaussian noise,
 JPEG via Pillow), so any folder of images is training data. Loss: L1, optionally plus a
 perceptual term on the offline random-feature network (classical/features.py) and a patch
-adversarial term (hinge), as in SRGAN / ESRGAN's fine-tune.
+adversarial term (hinge), as in SRGAN / ESRGAN's fine-tune; `init_from` starts from a saved
+model of the same network (fine-tuning on other data or losses).
+
+The deblur task's blur model is explicit: a Gaussian point-spread function with sigma drawn
+uniformly from `blur_sigma` (px, reflect padding), then with probability `noise_prob`
+Gaussian noise with std drawn uniformly from `noise_sigma` (on the [0, 1] scale). The model
+is blind: it never sees sigma.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class SuperResOptions:
     adv_weight: float = 0.0  # patch-adversarial fine-tune (0 = off)
     adv_start: int = 0  # steps of plain L1 before the adversarial term
     extra_data: str = ""  # also train on these datasets, comma-separated (e.g. "textures")
+    init_from: str = ""  # fine-tune: start from this upscaler / restorer model dir's weights
     extra_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> SuperResOptions:
@@ -243,6 +250,8 @@ class SuperResFamily(Family):
         preset = PRESETS[opts.preset]
         self.net_cfg = {"channels": data.channels, **preset, "scale": opts.scale}
         self.nets["net"] = ResidualSR(**self.net_cfg)
+        if opts.init_from:
+            self._init_from(opts.init_from)
         if opts.adv_weight > 0:
             from .autoencoder import PatchDiscriminator
 
@@ -250,6 +259,16 @@ class SuperResFamily(Family):
         self._features: nn.Module | None = None
         self.fixed: torch.Tensor | None = None
         self.extra_desc: list[dict[str, Any]] = []
+
+    def _init_from(self, path: str) -> None:
+        """Start from a saved model's weights; its network must match this one's."""
+        net, cfg, _ = load_superres(path)
+        if cfg["network"] != self.net_cfg or cfg["task"] != self.opts.task:
+            raise ImagesynthError(
+                f"init_from {path}: its network {cfg['network']} (task {cfg['task']!r}) does not "
+                f"match this run's {self.net_cfg} (task {self.opts.task!r})"
+            )
+        self.nets["net"].load_state_dict(net.state_dict())
 
     def config(self) -> dict[str, Any]:
         return {
@@ -315,8 +334,11 @@ class SuperResFamily(Family):
             logs["psnr_gain"] = logs["psnr"] - float(psnr(base, hr).mean())
         if self.opts.perceptual_weight > 0:
             feats = self._feature_net(hr.device)
-            fa, fb = feats(sr), feats(hr)
-            perc = sum(F.mse_loss(a, b) for a, b in zip(fa, fb, strict=True)) / len(fa)
+            layers = feats.names[:3]  # the three finest pyramid levels
+            fa = feats(sr, layers)
+            with torch.no_grad():
+                fb = feats(hr, layers)
+            perc = sum(F.mse_loss(fa[k], fb[k]) for k in layers) / len(layers)
             loss = loss + self.opts.perceptual_weight * perc
             logs["perceptual"] = float(perc.detach())
         if "disc" in nets and self._adv_on(batch):
