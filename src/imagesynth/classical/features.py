@@ -1,17 +1,25 @@
 """Feature networks for style transfer, texture synthesis and perceptual losses.
 
-Two networks share one interface, `net(x, layers) -> {layer name: (B, C, H, W)}` on images
-in [-1, 1], and VGG's layer names (conv1_1 ... conv5_1, conv4_2):
+The networks share one interface, `net(x, layers) -> {layer name: (B, C, H, W)}` on images
+in [-1, 1], with `style_layers` and `content_layer` attributes:
 
-- `RandomFeatures` (the offline default): a VGG-shaped stack of 3x3 convolutions with fixed
-  random weights (seeded, never trained, never downloaded), ReLU and average pooling. Random
-  shallow and deep networks carry texture statistics (Ustyuzhaninov et al. 2017, "What does
-  it take to generate natural textures?"; He, Wang & Hopcroft 2016, "A powerful generative
-  model using random weights for the deep image representation"), so Gram matching on them
-  gives recognisable textures and stylisations, if less semantic than VGG's.
+- `RandomVGG` (the offline default, `--features random`): a VGG-shaped stack of 3x3
+  convolutions with fixed random weights (seeded, never trained, never downloaded), one
+  per block, ReLU, 2x2 average pooling, widths 32-64-128-256-256. Style = Gram matrices of
+  conv1_1 ... conv5_1 (receptive fields 3 to 78 px), content = conv4_1. Why: random-weight
+  deep VGG-like networks with per-layer normalisation of the Gram losses stylise (He, Wang &
+  Hopcroft 2016, "A powerful generative model using random weights for the deep image
+  representation"), and random filters carry texture statistics (Ustyuzhaninov et al.
+  2017). Compared side by side (bench/style_transfer.py, docs/images/style_grid.png), it
+  keeps the content's structure and carries the style's colours and strokes, where the
+  earlier default, one random layer applied over an image pyramid (`RandomFeatures`,
+  `--features random-multiscale`), gave mostly colour noise at 3x the cost per step.
+- `RandomFeatures`: that multi-scale single-layer network (Ustyuzhaninov et al.), still
+  used as a cheap perceptual feature and as an independent judge of texture statistics.
 - `VGG19Features`: the real VGG-19 (Simonyan & Zisserman 2015) from a local weights file in
   torchvision's layout (`features.N.weight` / `features.N.bias`), built here without
-  torchvision. `.safetensors` is read directly; a `.pth` only with torch's weights-only loader.
+  torchvision: conv4_2 content, conv1_1 ... conv5_1 style. `.safetensors` is read directly;
+  a `.pth` only with torch's weights-only loader.
 """
 
 from __future__ import annotations
@@ -104,7 +112,7 @@ class RandomFeatures(nn.Module):
     level, all drawn from `seed`.
     """
 
-    kind = "random"
+    kind = "random-multiscale"
 
     def __init__(
         self,
@@ -146,6 +154,42 @@ class RandomFeatures(nn.Module):
                 hp = F.pad(h, (p, p, p, p), mode=mode)
                 out[self.names[i]] = F.relu(F.conv2d(hp, self.weight[i], self.bias[i]))
         return out
+
+
+RANDOM_VGG_CFG = [32, "M", 64, "M", 128, "M", 256, "M", 256]
+
+
+class RandomVGG(_ConvStack):
+    """A VGG-shaped network with fixed random weights (the offline default; module docstring).
+
+    One 3x3 convolution + ReLU per block, 2x2 average pooling between blocks, widths
+    32-64-128-256-256, so conv1_1 ... conv5_1 see 3 ... 78 px. Filters are zero-mean
+    Gaussians scaled by sqrt(2 / fan_in) (He et al. 2015), which keeps activations of the
+    same order through the depth; the Gram loss normalises each layer on its own, which is
+    He, Wang & Hopcroft's per-layer weighting.
+    """
+
+    kind = "random"  # the --features name that rebuilds it
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        seed: int = 0,
+        cfg: list | None = None,
+        content_layer: str = "conv4_1",
+    ) -> None:
+        super().__init__(cfg or RANDOM_VGG_CFG, in_channels, pool="avg")
+        gen = torch.Generator().manual_seed(seed)
+        for conv in self.convs:
+            w = torch.randn(conv.weight.shape, generator=gen)
+            w = w - w.mean((1, 2, 3), keepdim=True)
+            conv.weight.data.copy_(w * (2.0 / w[0].numel()) ** 0.5)
+            conv.bias.data.zero_()
+        self.requires_grad_(False)
+        if content_layer not in self.names:
+            raise ImagesynthError(f"content layer {content_layer!r} not in {self.names}")
+        self.content_layer = content_layer
+        self.style_layers = tuple(n for n in self.names if n.endswith("_1"))
 
 
 class VGG19Features(_ConvStack):
@@ -210,18 +254,22 @@ def load_vgg19(path: str | Path, pool: str = "avg") -> VGG19Features:
     return net
 
 
-def get_feature_net(features: str | Path | None = None, channels: int = 3) -> _ConvStack:
-    """`None` / "random": the offline random network; "random:SEED"; else a VGG-19 file."""
-    if features is None or str(features) == "random":
+def get_feature_net(features: str | Path | None = None, channels: int = 3) -> nn.Module:
+    """`None` / "random": the offline random VGG; "random:SEED" (another draw of it);
+    "random-multiscale": the single-layer multi-scale network; else a VGG-19 weights file."""
+    name = None if features is None else str(features)
+    if name in (None, "random"):
+        return RandomVGG(channels)
+    if name == "random-multiscale":
         return RandomFeatures(channels)
-    if str(features).startswith("random:"):
+    if name.startswith("random:"):
         try:
-            seed = int(str(features).split(":", 1)[1])
+            seed = int(name.split(":", 1)[1])
         except ValueError:
             raise ImagesynthError(
                 f"--features random:SEED needs an integer, got {features!r}"
             ) from None
-        return RandomFeatures(channels, seed=seed)
+        return RandomVGG(channels, seed=seed)
     return load_vgg19(features)
 
 

@@ -1,4 +1,4 @@
-"""Texture synthesis: image quilting, Efros-Leung pixel sampling, Gram-based neural textures,
+"""Texture synthesis: image quilting, Efros-Leung pixel growing, Gram-based neural textures,
 and hole filling.
 
 - Quilting (Efros & Freeman 2001): blocks placed in raster order, each chosen at random among
@@ -6,17 +6,21 @@ and hole filling.
   minimum-error boundary cut (dynamic programming). The overlap error of every candidate is
   computed at once as a masked SSD with convolutions: sum M (P - T)^2 = conv(S^2, M) -
   2 conv(S, M T) + sum M T^2.
-- Efros & Leung (1999), multi-resolution: pixels are chosen by Gaussian-weighted neighbourhood
-  matching against every sample neighbourhood, with a random choice among matches within
-  (1 + eps) of the best; coarse levels first, each finer level starts from the upsampled
-  coarser result and updates pixels in interleaved batches (a parallel variant, as in
-  Lefebvre & Hoppe 2005) so that a 256 px output takes seconds, not minutes.
-- Neural (Gatys, Ecker & Bethge 2015): Gram matching from noise on a feature network.
-- `tile=True` makes outputs seamlessly tileable: quilting and Efros-Leung work on a torus
-  (wrap-around overlaps and neighbourhoods); the neural method pads circularly.
+- Efros & Leung (1999): pixels grow one by one from a seed, the unknown pixel with the most
+  known neighbours first (onion peel); each copies the centre of a sample window picked at
+  random among those whose Gaussian-weighted SSD over the known neighbourhood is within
+  (1 + eps) of the best. Pixels far enough apart not to see each other are matched in one
+  batch, which gives the sequential result at batched speed.
+- Neural (Gatys, Ecker & Bethge 2015): Gram matching from noise on a feature network, coarse
+  to fine, with a small total-variation term and histogram matching of the result.
+- `tile=True` makes outputs seamlessly tileable: quilting lays blocks on a torus of exactly
+  the output's period (the last row and column are matched and cut against the first ones
+  across the wrap-around), Efros-Leung grows on a torus, the neural method pads circularly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -74,25 +78,27 @@ def min_cut(err: np.ndarray) -> np.ndarray:
     return path
 
 
-def _cut_mask(
-    old: np.ndarray, new: np.ndarray, b: int, ov: int, sides: dict[str, bool]
-) -> np.ndarray:
-    """Mask (b, b): 1 where the new block shows, 0 where the existing image stays."""
+def _cut_mask(old: np.ndarray, new: np.ndarray, widths: dict[str, int]) -> np.ndarray:
+    """Mask (b, b): 1 where the new block shows, 0 where the existing image stays.
+
+    `widths[side]` is the overlap in px with what is already on that side (0 = none); each
+    overlap is split along its minimum-error boundary cut.
+    """
+    b = old.shape[0]
     e = ((old - new) ** 2).sum(-1)
     mask = np.ones((b, b), dtype=bool)
-    cols = np.arange(ov)
-    if sides.get("left"):
-        path = min_cut(e[:, :ov])
-        mask[:, :ov] &= cols[None, :] > path[:, None]
-    if sides.get("right"):
-        path = min_cut(e[:, b - ov :][:, ::-1])
-        mask[:, b - ov :] &= (cols[None, :] > path[:, None])[:, ::-1]
-    if sides.get("top"):
-        path = min_cut(e[:ov, :].T)
-        mask[:ov, :] &= (cols[None, :] > path[:, None]).T
-    if sides.get("bottom"):
-        path = min_cut(e[b - ov :, :][::-1].T)
-        mask[b - ov :, :] &= (cols[None, :] > path[:, None]).T[::-1]
+    if w := widths.get("left", 0):
+        mask[:, :w] &= np.arange(w)[None, :] > min_cut(e[:, :w])[:, None]
+    if w := widths.get("right", 0):
+        mask[:, b - w :] &= (np.arange(w)[None, :] > min_cut(e[:, b - w :][:, ::-1])[:, None])[
+            :, ::-1
+        ]
+    if w := widths.get("top", 0):
+        mask[:w, :] &= (np.arange(w)[None, :] > min_cut(e[:w, :].T)[:, None]).T
+    if w := widths.get("bottom", 0):
+        mask[b - w :, :] &= (np.arange(w)[None, :] > min_cut(e[b - w :, :][::-1].T)[:, None]).T[
+            ::-1
+        ]
     return mask
 
 
@@ -105,7 +111,12 @@ def quilt(
     seed: int = 0,
     tile: bool = False,
 ) -> np.ndarray:
-    """Image quilting of an (H, W, C) float sample in [0, 1] to a size x size texture."""
+    """Image quilting of an (H, W, C) float sample in [0, 1] to a size x size texture.
+
+    With `tile`, blocks are laid on a torus of period `size`: the last column and row
+    overlap the first ones across the wrap-around, are matched on both sides, and are cut
+    along minimum-error boundaries there too, so the output repeats without seams.
+    """
     b = block or default_block(sample)
     _check_sample(sample, b)
     ov = overlap if overlap is not None else max(2, b // 5)
@@ -113,129 +124,179 @@ def quilt(
         raise ImagesynthError(f"overlap must be in 1..{b // 2} px for block {b}, got {ov}")
     rng = np.random.default_rng(seed)
     step = b - ov
-    n = max(1, int(np.ceil((size - (0 if tile else ov)) / step)))
-    period = n * step
-    side = period if tile else period + ov
+    if tile:  # n blocks per period, spread evenly: every overlap is >= ov
+        n = max(2, int(np.ceil(size / step)))
+        if size / n < b / 2:
+            raise ImagesynthError(f"--tile needs size >= {b} px for block {b}, got {size}")
+        pos = [round(j * size / n) for j in range(n)]
+        side = size
+    else:
+        n = max(1, int(np.ceil((size - ov) / step)))
+        pos = [j * step for j in range(n)]
+        side = pos[-1] + b
     canvas = np.zeros((side, side, sample.shape[2]), dtype=np.float32)
     sample_t = torch.from_numpy(sample.astype(np.float32)).permute(2, 0, 1)[None]
     sq_t = sample_t**2
     hs, ws = sample.shape[0] - b + 1, sample.shape[1] - b + 1
+    # overlap with the previous block, and (tile: last block) with the first across the wrap
+    before = [0] + [pos[j - 1] + b - pos[j] for j in range(1, n)]
+    wrap = pos[-1] + b - side if tile else 0
     for i in range(n):
         for j in range(n):
-            rows = (i * step + np.arange(b)) % side
-            cols = (j * step + np.arange(b)) % side
-            sides = {
-                "left": j > 0,
-                "top": i > 0,
-                "right": tile and j == n - 1 and n > 1,
-                "bottom": tile and i == n - 1 and n > 1,
+            rows = (pos[i] + np.arange(b)) % side
+            cols = (pos[j] + np.arange(b)) % side
+            widths = {
+                "left": before[j],
+                "top": before[i],
+                "right": wrap if j == n - 1 else 0,
+                "bottom": wrap if i == n - 1 else 0,
             }
             old = canvas[np.ix_(rows, cols)]
-            if not any(sides.values()):
+            if not any(widths.values()):
                 y, x = int(rng.integers(hs)), int(rng.integers(ws))
                 canvas[np.ix_(rows, cols)] = sample[y : y + b, x : x + b]
                 continue
             m = np.zeros((b, b), dtype=bool)
-            if sides["left"]:
-                m[:, :ov] = True
-            if sides["right"]:
-                m[:, b - ov :] = True
-            if sides["top"]:
-                m[:ov, :] = True
-            if sides["bottom"]:
-                m[b - ov :, :] = True
+            m[:, : widths["left"]] = True
+            m[: widths["top"], :] = True
+            m[:, b - widths["right"] :] = widths["right"] > 0
+            m[b - widths["bottom"] :, :] |= widths["bottom"] > 0
             err = _ssd_all(sample_t, sq_t, old, m)
             y, x = _pick(err, tol, rng)
             new = sample[y : y + b, x : x + b]
-            keep_new = _cut_mask(old, new, b, ov, sides)
+            keep_new = _cut_mask(old, new, widths)
             canvas[np.ix_(rows, cols)] = np.where(keep_new[..., None], new, old)
-    return canvas[:size, :size] if not tile else _fit_torus(canvas, size)
-
-
-def _fit_torus(canvas: np.ndarray, size: int) -> np.ndarray:
-    """A size x size tileable image from a tileable canvas of another period."""
-    if canvas.shape[0] == size:
-        return canvas
-    t = torch.from_numpy(canvas).permute(2, 0, 1)[None]
-    p = 8
-    t = F.pad(t, (p, p, p, p), mode="circular")
-    s = size / canvas.shape[0]
-    out = F.interpolate(t, scale_factor=s, mode="bicubic", align_corners=False)
-    q = round(p * s)
-    return out[0, :, q : q + size, q : q + size].permute(1, 2, 0).clamp(0, 1).numpy()
+    return canvas[:size, :size]
 
 
 # ----- Efros-Leung ------------------------------------------------------------------------------
-def _gauss(k: int) -> torch.Tensor:
-    t = torch.arange(k, dtype=torch.float32) - k // 2
-    g = torch.exp(-0.5 * (t / (k / 6.4)) ** 2)
-    return (g[:, None] * g[None, :]).flatten()
+def _gauss2d(k: int) -> np.ndarray:
+    """(k, k) Gaussian window weights, sigma = k / 6.4 (Efros & Leung's choice)."""
+    t = np.arange(k, dtype=np.float32) - k // 2
+    g = np.exp(-0.5 * (t / (k / 6.4)) ** 2)
+    return np.outer(g, g).astype(np.float32)
 
 
-def _patches(x: torch.Tensor, k: int, pad_mode: str | None) -> torch.Tensor:
-    """(H*W or fewer, C*k*k) neighbourhoods of (1, C, H, W) x."""
-    if pad_mode:
-        x = F.pad(x, (k // 2,) * 4, mode=pad_mode)
-    return F.unfold(x, k)[0].T
+def default_window(sample: np.ndarray) -> int:
+    """An odd neighbourhood side of about a quarter of the sample's shorter side, 7..21 px."""
+    return int(np.clip(min(sample.shape[:2]) // 4, 7, 21)) | 1
 
 
 def efros_leung(
     sample: np.ndarray,
     size: int,
-    window: int = 7,
-    levels: int = 3,
+    window: int | None = None,
     eps: float = 0.1,
-    passes: int = 2,
     seed: int = 0,
     tile: bool = False,
+    batch: int = 256,
+    progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Multi-resolution non-parametric pixel sampling (see module docstring)."""
-    _check_sample(sample, window)
-    gen = torch.Generator().manual_seed(seed)
-    s_full = torch.from_numpy(sample.astype(np.float32)).permute(2, 0, 1)[None]
-    c = s_full.shape[1]
-    g = _gauss(window).repeat(c)
-    out = None
-    for lev in range(levels - 1, -1, -1):
-        f = 2**lev
-        s = F.avg_pool2d(s_full, f) if f > 1 else s_full
-        n = max(window + 1, size // f)
-        if min(s.shape[-2:]) <= window:
-            continue
-        cand = _patches(s, window, None)  # (N, D)
-        centre = s[
-            0, :, window // 2 : s.shape[2] - window // 2, window // 2 : s.shape[3] - window // 2
-        ]
-        centre = centre.reshape(c, -1).T  # (N, C)
-        cw = cand * g.sqrt()
-        cn = (cw * cw).sum(1)
-        if out is None:  # coarsest level: random sample pixels
-            idx = torch.randint(len(centre), (n * n,), generator=gen)
-            out = centre[idx].T.reshape(1, c, n, n)
-        else:
-            out = F.interpolate(out, size=(n, n), mode="bilinear", align_corners=False)
-        reps = passes + (2 if lev == levels - 1 else 0)
-        k = 3  # interleave: pixels with (y % k, x % k) == (a, b) update together
-        for _ in range(reps):
-            for a in range(k):
-                for bb in range(k):
-                    q = _patches(out, window, "circular" if tile else "reflect")
-                    q = q.reshape(n, n, -1)[a::k, bb::k].reshape(-1, q.shape[-1])
-                    qw = q * g.sqrt()
-                    d = cn[None] - 2 * qw @ cw.T + (qw * qw).sum(1, keepdim=True)  # (M, N)
-                    best = d.min(1, keepdim=True).values
-                    ok = d <= best * (1 + eps) + 1e-6
-                    r = torch.rand(d.shape, generator=gen) * ok
-                    pick = r.argmax(1)
-                    vals = centre[pick]  # (M, C)
-                    hh = len(range(a, n, k))
-                    ww = len(range(bb, n, k))
-                    out[0, :, a::k, bb::k] = vals.T.reshape(c, hh, ww)
-    assert out is not None
-    return out[0, :, :size, :size].permute(1, 2, 0).clamp(0, 1).numpy()
+    """Efros & Leung (1999) pixel-by-pixel growing of an (H, W, C) sample in [0, 1].
+
+    From a 3 x 3 seed in the centre, the unknown pixel with the most known neighbours comes
+    next (onion-peel order). Its Gaussian-weighted SSD over the known part of its window is
+    taken against every sample window; the pixel copies the centre of a window picked at
+    random among those within (1 + eps) of the best. Pixels whose windows do not contain one
+    another are independent, so each round takes a greedy set of such pixels (most known
+    neighbours first) and matches them in one batch: the result is that of the one-at-a-time
+    algorithm in that order. `tile=True` grows on a torus. `callback(done, total)` reports
+    progress in pixels.
+    """
+    from tqdm.auto import tqdm
+
+    k = window or default_window(sample)
+    if k < 3 or k % 2 == 0:
+        raise ImagesynthError(f"window must be an odd number >= 3, got {k}")
+    _check_sample(sample, k)
+    if size < 3:
+        raise ImagesynthError(f"size must be at least 3 px, got {size}")
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    r = k // 2
+    grey = sample.shape[2] == 3 and np.allclose(sample[..., :1], sample[..., 1:])
+    src = sample[..., :1] if grey else sample  # one channel is enough for grey samples
+    c = src.shape[2]
+    st = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).permute(2, 0, 1)[None]
+    cand = F.unfold(st, k)[0].T.contiguous()  # (N, C*k*k): every sample window, channel-major
+    cand_sq = (cand * cand).reshape(len(cand), c, k * k).sum(1)  # (N, k*k): summed over C
+    centre = cand[:, [ch * k * k + r * k + r for ch in range(c)]]  # (N, C)
+    g = torch.from_numpy(_gauss2d(k).ravel())
+    side = size + 2 * r  # the image plus an r-px border (never known, or wrapped on a torus)
+    img = np.zeros((c, side, side), np.float32)
+    known = np.zeros((side, side), bool)
+    y0, x0 = int(rng.integers(src.shape[0] - 2)), int(rng.integers(src.shape[1] - 2))
+    cy = cx = r + max(0, size // 2 - 1)
+    n0 = min(3, size)
+    img[:, cy : cy + n0, cx : cx + n0] = src[y0 : y0 + n0, x0 : x0 + n0].transpose(2, 0, 1)
+    known[cy : cy + n0, cx : cx + n0] = True
+    ones = torch.ones(1, 1, k, k)
+    oy, ox = (v.ravel() for v in np.mgrid[-r : r + 1, -r : r + 1])
+    total, done = size * size, n0 * n0
+    bar = tqdm(total=total, initial=done, desc="efros-leung", unit="px", disable=not progress)
+    try:
+        while done < total:
+            if tile:  # the border mirrors the opposite side of the torus
+                for arr in (img, known):
+                    inner = arr[..., r : r + size, r : r + size]
+                    pad = [(0, 0)] * (arr.ndim - 2) + [(r, r), (r, r)]
+                    arr[...] = np.pad(inner, pad, mode="wrap")
+            kt = torch.from_numpy(known.astype(np.float32))[None, None]
+            count = F.conv2d(kt, ones)[0, 0].numpy()  # (size, size) known pixels per window
+            ys, xs = np.nonzero(~known[r : r + size, r : r + size] & (count > 0))
+            order = np.lexsort((rng.random(len(ys)), -count[ys, xs]))
+            taken = np.zeros((size, size), bool)
+            sel: list[tuple[int, int]] = []
+            for y, x in zip(ys[order], xs[order], strict=True):
+                if taken[y, x]:
+                    continue
+                sel.append((y, x))
+                rows, cols = np.arange(y - r, y + r + 1), np.arange(x - r, x + r + 1)
+                if tile:
+                    taken[np.ix_(rows % size, cols % size)] = True
+                else:
+                    taken[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = True
+                if len(sel) >= batch:
+                    break
+            py, px = (np.array(v) + r for v in zip(*sel, strict=True))
+            wy, wx = py[:, None] + oy[None], px[:, None] + ox[None]  # (B, k*k) window pixels
+            t = torch.from_numpy(img[:, wy, wx].transpose(1, 0, 2).reshape(len(sel), -1))
+            wm = torch.from_numpy(known[wy, wx].astype(np.float32)) * g  # (B, k*k)
+            wmc = wm.repeat(1, c)  # (B, C*k*k)
+            # sum_j w_j (P_j - T_j)^2 for every sample window P, as two matrix products
+            d = wm @ cand_sq.T - 2 * (wmc * t) @ cand.T + (wmc * t * t).sum(1, keepdim=True)
+            d = d / wm.sum(1, keepdim=True)
+            best = d.min(1, keepdim=True).values.clamp_min(0)
+            ok = d <= best * (1 + eps) + 1e-6
+            pick = (torch.rand(d.shape, generator=gen) * ok).argmax(1)
+            img[:, py, px] = centre[pick].numpy().T
+            known[py, px] = True
+            done += len(sel)
+            bar.update(len(sel))
+            if callback is not None:
+                callback(done, total)
+    finally:
+        bar.close()
+    out = img[:, r : r + size, r : r + size].transpose(1, 2, 0)
+    return np.repeat(out, 3, axis=2) if grey else out
 
 
 # ----- neural -----------------------------------------------------------------------------------
+def match_histogram(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """x (H, W, C) with each channel's values replaced by ref's at the same rank."""
+    out = np.empty_like(x, dtype=np.float32)
+    for ch in range(x.shape[2]):
+        v = x[..., ch].ravel()
+        q = np.sort(ref[..., ch].ravel())
+        flat = np.empty(len(v), dtype=np.float32)
+        flat[np.argsort(v, kind="stable")] = np.interp(
+            np.linspace(0, 1, len(v)), np.linspace(0, 1, len(q)), q
+        )
+        out[..., ch] = flat.reshape(x.shape[:2])
+    return out
+
+
 def neural_texture(
     sample: np.ndarray,
     size: int,
@@ -245,40 +306,78 @@ def neural_texture(
     tile: bool = False,
     lr: float = 0.02,
     progress: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+    optimizer: str = "adam",
+    tv_weight: float = 1e-3,
+    histogram: bool = True,
+    coarse_to_fine: bool = True,
 ) -> np.ndarray:
-    """Gram matching from noise (Gatys et al. 2015) with Adam."""
+    """Gram matching from noise (Gatys et al. 2015), coarse to fine.
+
+    The `steps` are shared among the scales of `style._scales` (128 px, 256 px, ...): each
+    finer scale starts from the coarser result upsampled, with the sample scaled alike, so
+    large structures settle where they are cheap. A small total-variation term removes the
+    pixel noise that Gram statistics do not see, and the result's per-channel histogram is
+    matched to the sample's (`histogram`). `callback(step, x)` runs after each step with the
+    current image x, (1, C, H, W) in [-1, 1]; an exception raised there stops the
+    optimisation (a server's cancel).
+    """
     from tqdm.auto import tqdm
 
-    from .style import GatysLoss, StyleOptions
+    from .style import GatysLoss, StyleOptions, _resize, _scales, optimize_image
 
     _check_sample(sample, 16)
     opts = StyleOptions(
         size=max(size, 16),
         content_weight=0,
         style_weight=1,
-        tv_weight=0,
+        tv_weight=tv_weight,
         steps=steps,
-        optimizer="adam",
+        optimizer=optimizer,
         lr=lr,
     ).validate()
     s = torch.from_numpy(sample.astype(np.float32)).permute(2, 0, 1)[None] * 2 - 1
+    # a grey sample gets a grey result: one channel is optimised and fed to the net x3
+    grey = s.shape[1] == 3 and bool((s[:, :1] == s[:, 1:]).all())
     gen = torch.Generator().manual_seed(seed)
-    x = ((torch.rand(1, s.shape[1], size, size, generator=gen) * 2 - 1) * 0.3).requires_grad_(True)
+    sides = _scales(size, 0) if coarse_to_fine else [size]
+    share = [steps // len(sides)] * len(sides)
+    share[-1] += steps - sum(share)
+    x = None
     old = getattr(net, "circular", False)
     net.circular = tile
+    bar = tqdm(total=steps, desc="neural texture", disable=not progress)
+    done = 0
     try:
-        loss_fn = GatysLoss(net, None, [s], [1.0], opts)
-        opt = torch.optim.Adam([x], lr=lr)
-        for _ in tqdm(range(steps), desc="neural texture", disable=not progress):
-            opt.zero_grad()
-            loss, _ = loss_fn(x)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                x.clamp_(-1, 1)
+        for side, n in zip(sides, share, strict=True):
+            f = side / size
+            s_k = _resize(s, (max(16, round(s.shape[2] * f)), max(16, round(s.shape[3] * f))))
+            if x is None:
+                x = torch.rand(1, 1 if grey else s.shape[1], side, side, generator=gen) * 2 - 1
+                x = 0.3 * x + s.mean((1, 2, 3) if grey else (2, 3), keepdim=True)
+            else:
+                x = _resize(x, (side, side))
+            gram_loss = GatysLoss(net, None, [s_k], [1.0], opts)
+
+            def loss_fn(xi: torch.Tensor, f: GatysLoss = gram_loss) -> tuple:
+                return f(xi.expand(-1, 3, -1, -1) if grey else xi)
+
+            def on_step(i: int, xi: torch.Tensor, logs: dict[str, float]) -> None:
+                nonlocal done
+                done += 1
+                bar.update(1)
+                if callback is not None:
+                    callback(done, xi.expand(-1, 3, -1, -1) if grey else xi)
+
+            if n > 0:
+                x = optimize_image(x, loss_fn, opts, n, on_step)
     finally:
         net.circular = old
-    return ((x.detach()[0] + 1) / 2).permute(1, 2, 0).numpy()
+        bar.close()
+    assert x is not None
+    x = x.expand(-1, 3, -1, -1) if grey else x
+    out = ((x[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return match_histogram(out, sample) if histogram else out
 
 
 # ----- hole filling -----------------------------------------------------------------------------

@@ -239,16 +239,20 @@ def style(
     weights: Annotated[str | None, Opt(help="Style image weights, e.g. 0.7,0.3.")] = None,
     size: Annotated[int, Opt(help="Longer side of the result in px.")] = 512,
     content_weight: Annotated[float, Opt(help="alpha (content).")] = 1.0,
-    style_weight: Annotated[float, Opt(help="beta (style).")] = 3.0,
+    style_weight: Annotated[float, Opt(help="beta (style).")] = 20.0,
     tv_weight: Annotated[float, Opt(help="Total-variation weight.")] = 1e-3,
     optimizer: Annotated[str, Opt(help="adam | lbfgs.")] = "adam",
-    steps: Annotated[int, Opt(help="Iterations per scale.")] = 200,
+    steps: Annotated[int, Opt(help="Iterations per scale.")] = 150,
     scales: Annotated[int, Opt(help="Coarse-to-fine levels (0 = auto).")] = 0,
     preserve_color: Annotated[
         str | None, Opt(help="Keep the content's colours: luminance | histogram.")
     ] = None,
     features: Annotated[
-        str | None, Opt(help="VGG-19 weights file (torchvision layout); default: random net.")
+        str | None,
+        Opt(
+            help="VGG-19 weights file (torchvision layout); default: random (a random-weight "
+            "VGG-like net), random:SEED, random-multiscale."
+        ),
     ] = None,
     save_every: Annotated[int, Opt(help="Write intermediate results every N steps.")] = 0,
     seed: Annotated[int, Opt(help="Seed.")] = 0,
@@ -306,7 +310,9 @@ def texture(
     tile: Annotated[bool, Opt("--tile", help="Make the output seamlessly tileable.")] = False,
     block: Annotated[int | None, Opt(help="Quilting block size in px.")] = None,
     steps: Annotated[int, Opt(help="Neural: optimisation steps.")] = 300,
-    features: Annotated[str | None, Opt(help="Neural: VGG-19 weights file.")] = None,
+    features: Annotated[
+        str | None, Opt(help="Neural: VGG-19 weights file; default: random VGG-like net.")
+    ] = None,
     seed: Annotated[int, Opt(help="Seed.")] = 0,
 ) -> None:
     """Texture synthesis (texture SAMPLE --method quilting) or hole filling (texture fill
@@ -332,7 +338,7 @@ def texture(
     if method == "quilting":
         arr = tx.quilt(img, size, block=block, seed=seed, tile=tile)
     elif method == "efros-leung":
-        arr = tx.efros_leung(img, size, seed=seed, tile=tile)
+        arr = tx.efros_leung(img, size, seed=seed, tile=tile, progress=True)
     else:
         from ..classical.features import get_feature_net
 
@@ -372,13 +378,15 @@ def texture_fill(image: Path, mask: Path, out: Path, block: int = 15, seed: int 
     typer.echo(f"wrote {out}")
 
 
-def _bundled_upscaler() -> Path:
-    from .. import bundled
+def _bundled(name: str) -> Path:
+    """A bundled upscaler / restorer model folder (see imagesynth.bundled.BUNDLED)."""
+    from ..bundled import bundled_model_path
 
-    path = Path(bundled.__file__).resolve().parent / "upscaler-x2"
-    if not (path / "imagesynth.json").is_file():
-        raise ImagesynthError(f"the bundled x2 upscaler is missing ({path}); pass --model DIR")
-    return path
+    return bundled_model_path(name)
+
+
+def _bundled_upscaler(scale: int = 2) -> Path:
+    return _bundled(f"upscaler-x{scale}")
 
 
 def upscale(
@@ -386,7 +394,9 @@ def upscale(
     scale: Annotated[int, Opt(help="2 or 4.")] = 2,
     out: Annotated[Path, Opt(help="PNG to write.")] = Path("upscaled.png"),
     method: Annotated[str, Opt(help="model | bicubic | lanczos.")] = "model",
-    model: Annotated[Path | None, Opt(help="Upscaler model dir (default: bundled x2).")] = None,
+    model: Annotated[
+        Path | None, Opt(help="Upscaler model dir (default: bundled upscaler-x2 / -x4).")
+    ] = None,
     tile: Annotated[int | None, Opt(help="Tile side in px (default: from free memory).")] = None,
     overlap: Annotated[int, Opt(help="Tile overlap in px.")] = 16,
     device: Annotated[str | None, Opt(help="cpu | cuda.")] = None,
@@ -402,56 +412,92 @@ def upscale(
         result = classical_upscale(im, scale, method)
         params = {"method": method, "scale": scale}
     else:
-        pipe = SuperResolutionPipeline.from_pretrained(model or _bundled_upscaler(), device)
+        pipe = SuperResolutionPipeline.from_pretrained(model or _bundled_upscaler(scale), device)
         if pipe.task != "upscale":
-            raise ImagesynthError(f"{model} is a {pipe.task} model; use `imagesynth restore`")
+            raise ImagesynthError(
+                f"{model} is a {pipe.task} model, not an upscaler; use `imagesynth restore "
+                f"--task {pipe.task} --model {model}`"
+            )
         res = pipe(im, scale=scale, tile=tile, overlap=overlap, progress=True)
         result, params = res.images[0], {"method": "model", **res.params[0]}
     save_png(result, out, {"prompt": f"upscale of {image.name}", **params})
     typer.echo(f"wrote {out} ({result.size[0]}x{result.size[1]})")
 
 
+RESTORE_TASKS = ("deblur", "denoise")
+RESTORE_METHODS = {
+    "deblur": ("model", "wiener", "richardson-lucy"),
+    "denoise": ("model", "tv"),
+}
+
+
 def restore(
     image: Annotated[Path, Arg(help="Blurred or noisy image.")],
     task: Annotated[str, Opt(help="deblur | denoise.")] = "deblur",
     out: Annotated[Path, Opt(help="PNG to write.")] = Path("restored.png"),
-    method: Annotated[str, Opt(help="model | wiener | richardson-lucy.")] = "model",
-    model: Annotated[Path | None, Opt(help="Restorer model dir (train restorer).")] = None,
-    sigma: Annotated[float, Opt(help="Classical: Gaussian blur sigma in px.")] = 1.5,
-    tile: Annotated[int | None, Opt(help="Tile side in px.")] = None,
+    method: Annotated[
+        str, Opt(help="model | wiener | richardson-lucy (deblur) | tv (denoise).")
+    ] = "model",
+    model: Annotated[
+        Path | None, Opt(help="Restorer model dir (default: the bundled restorer-TASK).")
+    ] = None,
+    sigma: Annotated[float, Opt(help="Wiener / RL: Gaussian blur sigma in px.")] = 1.5,
+    iterations: Annotated[int, Opt(help="Richardson-Lucy iterations.")] = 20,
+    balance: Annotated[float, Opt(help="Wiener balance (noise-to-signal).")] = 0.01,
+    weight: Annotated[float, Opt(help="TV denoising weight.")] = 0.1,
+    tile: Annotated[int | None, Opt(help="Tile side in px (default: from free memory).")] = None,
+    device: Annotated[str | None, Opt(help="cpu | cuda.")] = None,
 ) -> None:
-    """Deblur or denoise with a trained restorer, or Wiener / Richardson-Lucy deconvolution."""
+    """Deblur or denoise with a learned restorer (bundled by default), or classically:
+    Wiener / Richardson-Lucy deconvolution with a Gaussian PSF, or TV denoising."""
     from ..io.pngmeta import save_png
 
-    if task not in ("deblur", "denoise"):
-        raise ImagesynthError(f"--task must be deblur or denoise, got {task!r}")
-    im = _open(image, "image", 8)
-    if method in ("wiener", "richardson-lucy"):
-        if task != "deblur":
-            raise ImagesynthError(f"--method {method} deblurs; use --task deblur")
-        from ..classical import deconv
-
-        psf = deconv.gaussian_psf(sigma)
-        fn = deconv.wiener if method == "wiener" else deconv.richardson_lucy
-        result = _from_np(fn(_to_np(im), psf))
-        params = {"method": method, "sigma": sigma}
-    elif method == "model":
-        if model is None:
-            raise ImagesynthError(
-                "--method model needs --model DIR (imagesynth train restorer --task "
-                f"{task}); or use --method wiener | richardson-lucy"
-            )
-        from ..pipelines.upscale import SuperResolutionPipeline
-
-        pipe = SuperResolutionPipeline.from_pretrained(model)
-        if pipe.task != task:
-            raise ImagesynthError(f"{model} is a {pipe.task} model, not {task}")
-        res = pipe(im, tile=tile, progress=True)
-        result, params = res.images[0], res.params[0]
-    else:
+    if task not in RESTORE_TASKS:
         from ..errors import unknown_name
 
-        raise unknown_name("restore method", method, ["model", "wiener", "richardson-lucy"])
+        raise unknown_name("restore task (--task)", task, list(RESTORE_TASKS))
+    if method not in RESTORE_METHODS[task]:
+        from ..errors import unknown_name
+
+        raise unknown_name(f"--method for --task {task}", method, list(RESTORE_METHODS[task]))
+    im = _open(image, "image", 8)
+    if method != "model":
+        from ..classical import deconv
+
+        if method == "tv":
+            result = _from_np(deconv.denoise_tv(_to_np(im), weight))
+            params = {"method": method, "weight": weight}
+        else:
+            if iterations < 1 or balance <= 0:
+                raise ImagesynthError(
+                    f"--iterations must be >= 1 and --balance > 0, got {iterations}, {balance}"
+                )
+            psf = deconv.gaussian_psf(sigma)
+            if method == "wiener":
+                arr, params = deconv.wiener(_to_np(im), psf, balance), {"balance": balance}
+            else:
+                arr = deconv.richardson_lucy(_to_np(im), psf, iterations)
+                params = {"iterations": iterations}
+            result = _from_np(arr)
+            params = {"method": method, "sigma": sigma, **params}
+    else:
+        from ..pipelines.upscale import SuperResolutionPipeline
+
+        if model is None:
+            from .. import bundled
+
+            if f"restorer-{task}" not in bundled.BUNDLED:
+                raise ImagesynthError(
+                    f"no bundled {task} model: pass --model DIR (imagesynth train restorer "
+                    f"--task {task}) or --method {' | '.join(RESTORE_METHODS[task][1:])}"
+                )
+        path = model or _bundled(f"restorer-{task}")
+        pipe = SuperResolutionPipeline.from_pretrained(path, device)
+        if pipe.task != task:
+            what = f"a x{pipe.scale} upscaler" if pipe.task == "upscale" else f"a {pipe.task} model"
+            raise ImagesynthError(f"{path} is {what}, not a {task} model (--task {task})")
+        res = pipe(im, tile=tile, progress=True)
+        result, params = res.images[0], {"method": "model", **res.params[0]}
     save_png(result, out, {"prompt": f"{task} of {image.name}", **params})
     typer.echo(f"wrote {out}")
 

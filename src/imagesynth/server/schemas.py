@@ -82,7 +82,7 @@ class StyleParams(Strict):
     style_weight: float = Field(20.0, ge=0.0, le=1e6)
     tv_weight: float = Field(1e-3, ge=0.0, le=1e3)
     optimizer: Literal["adam", "lbfgs"] = "adam"
-    steps: int = Field(100, ge=1, le=100_000, description="Iterations per scale.")
+    steps: int = Field(150, ge=1, le=100_000, description="Iterations per scale.")
     scales: int = Field(0, ge=0, le=6, description="Coarse-to-fine levels (0: automatic).")
     preserve_color: Literal["luminance", "histogram"] | None = None
     features: str = Field(
