@@ -66,6 +66,72 @@ def test_codebook_ema_update_and_dead_code_restart():
     assert any(torch.equal(q.embed[3], row) for row in z)
 
 
+def _local_stats(q, z):
+    """This process's (counts, per-code sums) of a batch z (N, D) against q's codebook."""
+    idx = q.codes(z)
+    counts = torch.bincount(idx, minlength=q.size).float()
+    return counts, torch.zeros(q.size, q.dim).index_add_(0, idx, z)
+
+
+def test_ema_all_reduce_makes_half_batches_equal_one_big_batch(monkeypatch):
+    """Under DDP each rank sees half the batch; with n_k and the sums all-reduced, a rank's
+    EMA step equals the single-process step on the whole batch (simulated: the all-reduce
+    adds the other rank's statistics)."""
+    import imagesynth.models.vqvae as vq
+
+    z = torch.tensor([[0.1, 0.2], [0.9, -0.1], [0.2, 0.7], [0.4, 0.1], [1.1, 0.1], [0.0, 0.9]])
+    whole = _quantizer().train()
+    whole(z.T.reshape(1, 2, 6, 1))
+    half_a, half_b = z[:3], z[3:]
+    rank0 = _quantizer().train()
+    other_counts, other_sums = _local_stats(rank0, half_b)
+
+    def fake_all_reduce(counts, sums):
+        counts.add_(other_counts)
+        sums.add_(other_sums)
+
+    monkeypatch.setattr(vq, "all_reduce_sum", fake_all_reduce)
+    _, _, _, stats = rank0(half_a.T.reshape(1, 2, 3, 1))
+    for name in ("cluster_size", "embed_sum", "embed"):
+        torch.testing.assert_close(getattr(rank0, name), getattr(whole, name))
+    # without the reduction (a plain single process) the half-batch step differs
+    monkeypatch.setattr(vq, "all_reduce_sum", lambda *t: None)
+    alone = _quantizer().train()
+    alone(half_a.T.reshape(1, 2, 3, 1))
+    assert not torch.allclose(alone.embed, whole.embed)
+    assert stats["usage"] == 0.75  # logged usage stays this rank's own (3 of 4 codes)
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        q = _quantizer(restart_below=0.95).train()  # code 3 is dead: restarted on rank 0's pick
+        z = torch.tensor([[0.1, 0.2], [0.9, -0.1], [0.2, 0.7], [0.4, 0.1]])
+        mine = z[2 * rank : 2 * rank + 2]
+        gen = torch.Generator().manual_seed(100 + rank)  # different picks per rank
+        q(mine.T.reshape(1, 2, 2, 1), gen)
+        torch.save({k: v.clone() for k, v in q.state_dict().items()}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ema_codebook_stays_identical_across_two_gloo_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    # the EMA counts are the global batch's: codes 0, 1, 2 get 2, 1, 1 of the 4 vectors
+    g = 0.9
+    expected = g * torch.ones(3) + (1 - g) * torch.tensor([2.0, 1.0, 1.0])
+    torch.testing.assert_close(r0["cluster_size"][:3], expected)
+
+
 def _gpt(classes=3, seed=0):
     torch.manual_seed(seed)
     return TokenTransformer(
@@ -151,6 +217,35 @@ def test_vqvae_resume_exact_transformer_and_sample_cli(tmp_path):
         pipe(n=1, top_k=17)
     with pytest.raises(ImagesynthError, match="class index -1 out of range"):
         pipe(n=1, class_labels=[-1])
+
+    # interpolate: the VQ-VAE latent path between two seeds' samples; the ends are those samples
+    strip = tmp_path / "strip.png"
+    res = runner.invoke(
+        app, ["interpolate", str(tr.model_dir), "--from-seed", "3", "--to-seed", "8",
+              "--frames", "5", "--class", "4", "--out", str(strip)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    meta = read_png_metadata(strip).imagesynth
+    assert meta["interpolate_to_seed"] == 8 and meta["class_label"] == 4
+    assert "VQ-VAE latent" in meta["grid"]
+    from imagesynth.io.images import tensor_to_pil
+    from imagesynth.models.token_transformer import interpolate
+
+    frames = interpolate(pipe.net, pipe.vqvae, from_seed=3, to_seed=8, frames=5, label=4)
+    ends = [pipe(n=1, seed=s, class_labels=[4]).images[0] for s in (3, 8)]
+    got = tensor_to_pil(frames)
+    assert frames.shape == (5, 1, 8, 8)
+    assert got[0].tobytes() == ends[0].tobytes() and got[-1].tobytes() == ends[1].tobytes()
+    mid = (frames[2] - (frames[0] + frames[4]) / 2).abs().mean()
+    assert float(mid) < float((frames[0] - frames[4]).abs().mean())  # between, not elsewhere
+    for args, msg in (
+        (["--truncation", "0.5"], "--truncation applies to GAN / VAE latents"),
+        (["--class", "12"], "class index 12 out of range"),
+        (["--frames", "1"], "frames must be an integer >= 2"),
+    ):
+        res = runner.invoke(app, ["interpolate", str(tr.model_dir), *args, "--out", str(strip)])
+        assert isinstance(res.exception, ImagesynthError), res.output
+        assert msg in str(res.exception)
 
     grid = tmp_path / "grid.png"
     res = runner.invoke(app, ["sample", str(tr.model_dir), "--n", "4", "--out", str(grid)])

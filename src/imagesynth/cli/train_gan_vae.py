@@ -33,7 +33,7 @@ GAN_DEFAULTS = {
     "batch": 64,
 }
 VAE_DEFAULTS = {"batch": 64, "warmup_steps": 50}
-LATENT_FAMILIES = ("gan", "vae")
+LATENT_FAMILIES = ("gan", "vae", "transformer")  # transformer: in its VQ-VAE's latent
 
 
 def check_gan_lr(cfg: Any) -> None:
@@ -218,7 +218,9 @@ def _class_index(pipe: Any, class_: str | None) -> int | None:
 
 
 def interpolate(
-    model: Annotated[Path, typer.Argument(help="GAN or VAE model directory (or run directory).")],
+    model: Annotated[
+        Path, typer.Argument(help="GAN, VAE or VQ transformer model directory (or run directory).")
+    ],
     from_seed: Annotated[int, Opt(help="Seed of the first latent.")] = 1,
     to_seed: Annotated[int, Opt(help="Seed of the last latent.")] = 2,
     frames: Annotated[int, Opt(help="Images in the strip (>= 2).")] = 16,
@@ -227,26 +229,63 @@ def interpolate(
     truncation: Annotated[float | None, Opt(help="Truncation psi in [0, 1].")] = None,
     device: Annotated[str | None, Opt(help="cpu | cuda | mps (default: best available).")] = None,
 ) -> None:
-    """Write a strip of images along the slerp path between two seeds' latents."""
+    """Write a strip of images along the path between two seeds' latents.
+
+    GAN / VAE: slerp between the two z. VQ transformer: the two seeds' samples, blended
+    linearly in the VQ-VAE's latent (its code vectors) and decoded. PixelCNN has no latent.
+    """
     from ..api import load
     from ..io.images import make_grid
     from ..io.pngmeta import save_png
     from ..pipelines.latent_generators import strip_columns
 
     pipe = load(model, device=device)
-    if not hasattr(pipe, "interpolate"):
+    if getattr(pipe, "family", None) == "transformer":
+        result = _interpolate_tokens(pipe, from_seed, to_seed, frames, class_, truncation)
+    elif not hasattr(pipe, "interpolate"):
         family = getattr(pipe, "family", type(pipe).__name__)
         raise ImagesynthError(
             f"{model} is a {family} model; interpolate supports latent families: "
             f"{', '.join(LATENT_FAMILIES)}"
         )
-    result = pipe.interpolate(
-        from_seed, to_seed, frames, class_label=_class_index(pipe, class_), truncation=truncation
-    )
+    else:
+        result = pipe.interpolate(
+            from_seed,
+            to_seed,
+            frames,
+            class_label=_class_index(pipe, class_),
+            truncation=truncation,
+        )
+    path = "lerp in the VQ-VAE latent" if pipe.family == "transformer" else "slerp"
     strip = make_grid(result.images, nrow=strip_columns(frames))
-    params = {**result.params[0], "frames": frames, "grid": f"slerp seed {from_seed} -> {to_seed}"}
+    params = {**result.params[0], "frames": frames, "grid": f"{path} seed {from_seed} -> {to_seed}"}
     save_png(strip, out, params)
     typer.echo(f"wrote {out} ({frames} frames, seed {from_seed} -> {to_seed})")
+
+
+def _interpolate_tokens(
+    pipe: Any, from_seed: int, to_seed: int, frames: int, class_: str | None, truncation: Any
+) -> Any:
+    """The VQ transformer's strip (see `models.token_transformer.interpolate`)."""
+    from ..io.images import tensor_to_pil
+    from ..models.token_transformer import interpolate as interpolate_tokens
+    from ..pipelines.diffusion import PipelineOutput
+    from ..seeding import check_seed
+
+    if truncation is not None:
+        raise ImagesynthError("--truncation applies to GAN / VAE latents, not to a VQ transformer")
+    check_seed(from_seed)
+    check_seed(to_seed)
+    label = _class_index(pipe, class_)
+    x = interpolate_tokens(
+        pipe.net, pipe.vqvae, from_seed=from_seed, to_seed=to_seed, frames=frames, label=label
+    )
+    params = pipe._params(frames, from_seed, None if label is None else [label] * frames, 1.0, None)
+    for i, p in enumerate(params):
+        p.update(
+            {"seed": from_seed, "interpolate_to_seed": to_seed, "t": round(i / (frames - 1), 4)}
+        )
+    return PipelineOutput(images=tensor_to_pil(x), params=params)
 
 
 def register(app: typer.Typer) -> None:

@@ -215,6 +215,54 @@ def generate(
     return torch.cat(outs)
 
 
+@torch.no_grad()
+def interpolate(
+    net: nn.Module,
+    vqvae: nn.Module,
+    *,
+    from_seed: int,
+    to_seed: int,
+    frames: int,
+    label: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """`frames` images (frames, C, H, W) in [-1, 1] between the samples of two seeds.
+
+    The prior has no continuous latent, so the path runs through the VQ-VAE's: the two
+    samples' quantized latents z_q = e[codes] (B, D, h, w), the decoder's input, are blended
+    linearly, (1 - t) z_q(a) + t z_q(b), and each blend is decoded. The end frames are the
+    two samples exactly (the images `sample` gives for those seeds and class).
+    """
+    net = getattr(net, "module", net)
+    cfg: GPTConfig = net.cfg
+    check_sampling_args(temperature, top_k, cfg.vocab)
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise ImagesynthError(f"frames must be an integer >= 2, got {frames!r}")
+    if cfg.num_classes and label is None:
+        raise ImagesynthError("this transformer prior is class-conditional: give a class")
+    if label is not None and not (cfg.num_classes and 0 <= label < cfg.num_classes):
+        top = f"0..{cfg.num_classes - 1}" if cfg.num_classes else "none (unconditional model)"
+        raise ImagesynthError(f"class index {label} out of range; expected {top}")
+    grid = math.isqrt(cfg.tokens)
+    was_training = net.training
+    net.eval()
+    try:
+        y = None if label is None else torch.tensor([label, label])
+        codes, _ = sample_tokens(
+            net, y, uniforms([from_seed, to_seed], cfg.tokens), temperature=temperature,
+            top_k=top_k,
+        )  # fmt: skip
+    finally:
+        net.train(was_training)
+    dev = next(vqvae.parameters()).device
+    z = F.embedding(codes.view(2, grid, grid).to(dev), vqvae.quantizer.embed)  # (2, h, w, D)
+    z = z.permute(0, 3, 1, 2)  # (2, D, h, w)
+    t = torch.linspace(0, 1, frames, device=dev).view(-1, 1, 1, 1)
+    blend = (1 - t) * z[:1] + t * z[1:]  # (frames, D, h, w)
+    return vqvae.decoder(blend).clamp(-1, 1).float().cpu()
+
+
 # ----- the family ----------------------------------------------------------------------------
 @dataclass
 class TransformerOptions:

@@ -15,8 +15,12 @@ with phi the conv blocks of the evaluation suite's domain extractor (`domain:NAM
 normalised, as `metrics.lpips.DomainPerceptual`), weighted per image against the NLL.
 
 Conditional VAE (Sohn et al. 2015): one-hot labels as constant maps to the encoder and
-concatenated to z for the decoder. Training grids show samples (top half) and pairs of
-held images / reconstructions (bottom half); evaluation uses samples only.
+concatenated to z for the decoder; with `label_every_block` (the default) every decoder
+stage also gets a learned per-class scale and shift of its features (FiLM, Perez et al.
+2018), so the decoder can draw the class from y at every resolution instead of from z (with
+the label at the input only, the class leaks into z and samples follow y weakly).
+Training grids show samples (top half) and pairs of held images / reconstructions (bottom
+half); evaluation uses samples only.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class VaeOptions:
     perceptual_weight: float = 0.0  # 0 = off
     perceptual_extractor: str = ""  # domain:NAME; "" = domain:<dataset>
     truncation: float = 1.0  # z scale of the training grids' samples
+    label_every_block: bool = True  # class-conditional: FiLM of every decoder stage by y
 
     def validate(self) -> VaeOptions:
         if self.preset not in PRESETS:
@@ -81,6 +86,10 @@ class VaeOptions:
         from .gan import check_truncation
 
         check_truncation(self.truncation)
+        if not isinstance(self.label_every_block, bool):
+            raise ImagesynthError(
+                f"label_every_block must be true or false, got {self.label_every_block!r}"
+            )
         return self
 
     @property
@@ -124,7 +133,13 @@ class ConvVAE(nn.Module):
     """Encoder x [+ label maps] -> (mu, logvar); decoder z [+ one-hot] -> image logits/values."""
 
     def __init__(
-        self, size: int, channels: int, width: int, z_dim: int, num_classes: int = 0
+        self,
+        size: int,
+        channels: int,
+        width: int,
+        z_dim: int,
+        num_classes: int = 0,
+        label_every_block: bool = False,
     ) -> None:
         super().__init__()
         from .gan import stages_for
@@ -145,7 +160,13 @@ class ConvVAE(nn.Module):
             dec += [nn.SiLU(), nn.ConvTranspose2d(ch[i], ch[i - 1], 4, 2, 1)]
             dec += [nn.SiLU(), nn.Conv2d(ch[i - 1], ch[i - 1], 3, padding=1)]
         dec += [nn.SiLU(), nn.Conv2d(ch[0], channels, 3, padding=1)]
-        self.decoder = nn.Sequential(*dec)
+        self.decoder = nn.Sequential(*dec)  # stage i: modules 4i..4i+3, then the output conv
+        self.stages = n
+        self.film: nn.ModuleList | None = None
+        if num_classes and label_every_block:  # per-class (scale, shift) of each stage's input
+            self.film = nn.ModuleList(nn.Embedding(num_classes, 2 * ch[i]) for i in range(n, 0, -1))
+            for emb in self.film:
+                nn.init.zeros_(emb.weight)  # starts as the plain decoder
 
     def _check_labels(self, y: torch.Tensor | None) -> None:
         if self.num_classes and y is None:
@@ -170,7 +191,17 @@ class ConvVAE(nn.Module):
         if self.num_classes:
             z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], 1)
         h = self.from_z(z).view(z.shape[0], self.ch_top, 4, 4)  # (B, C_top, 4, 4)
-        return self.decoder(h)
+        if self.film is None:
+            return self.decoder(h)
+        assert y is not None
+        for i, emb in enumerate(self.film):
+            scale, shift = emb(y)[:, :, None, None].chunk(2, dim=1)  # (B, C_i, 1, 1) each
+            h = h * (1 + scale) + shift
+            for m in self.decoder[4 * i : 4 * i + 4]:
+                h = m(h)
+        for m in self.decoder[4 * self.stages :]:
+            h = m(h)
+        return h
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None, eps: torch.Tensor
@@ -182,14 +213,17 @@ class ConvVAE(nn.Module):
 
 def build_vae(opts: VaeOptions, data: DataInfo) -> ConvVAE:
     return ConvVAE(
-        data.size, data.channels, PRESETS[opts.preset]["width"], opts.z_dim, data.num_classes
-    )
+        data.size, data.channels, PRESETS[opts.preset]["width"], opts.z_dim, data.num_classes,
+        opts.label_every_block,
+    )  # fmt: skip
 
 
 def vae_from_config(cfg: dict[str, Any]) -> ConvVAE:
+    """The network of a saved config (models saved before FiLM lack the key: plain decoder)."""
     return ConvVAE(
-        cfg["size"], cfg["channels"], cfg["width"], cfg["z_dim"], cfg.get("num_classes", 0)
-    )
+        cfg["size"], cfg["channels"], cfg["width"], cfg["z_dim"], cfg.get("num_classes", 0),
+        cfg.get("label_every_block", False),
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -344,6 +378,7 @@ class VaeFamily(Family):
             "width": PRESETS[self.opts.preset]["width"],
             "z_dim": self.opts.z_dim,
             "num_classes": self.data.num_classes,
+            "label_every_block": vae.film is not None,
             "reconstruction": self.opts.reconstruction,
         }
         metrics = {**(record.get("metrics") or {}), **self.measure(vae.eval())}

@@ -10,6 +10,9 @@ x -> encoder -> z_e (B, D, h, w) -> nearest codebook vector e_k -> z_q -> decode
   to k, e_k = m_k / N_k (N Laplace-smoothed). Codes whose N_k falls below `restart_below`
   times the average count are restarted on random encoder outputs of the batch (as in
   Jukebox), so none stay dead; all codes start dead, which initialises them from data.
+- Under torch.distributed (DDP) the batch's n_k and sums are all-reduced before the EMA
+  step, so every rank applies the same update computed from the global batch, and restarted
+  codes are broadcast from rank 0: the codebooks stay identical and use every rank's data.
 - Codebook usage and perplexity exp(H(code frequencies)) of each batch go to stats.jsonl.
 
 We write our own small network instead of diffusers' VQModel: its VectorQuantizer learns
@@ -32,6 +35,26 @@ from torch import nn
 
 from ..errors import ImagesynthError
 from ..training.family import DataInfo, Family, Phase
+
+
+# ----- helpers -------------------------------------------------------------------------------
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over the ranks in place (a no-op outside torch.distributed)."""
+    if _distributed():
+        for t in tensors:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+
+
+def broadcast_from_rank0(*tensors: torch.Tensor) -> None:
+    """Overwrite each tensor with rank 0's (a no-op outside torch.distributed)."""
+    if _distributed():
+        for t in tensors:
+            torch.distributed.broadcast(t, src=0)
 
 
 # ----- blocks --------------------------------------------------------------------------------
@@ -102,10 +125,16 @@ class VectorQuantizerEMA(nn.Module):
         counts: torch.Tensor,
         generator: torch.Generator | None,
     ) -> int:
-        """EMA step of N_k, m_k and e_k; returns how many dead codes were restarted."""
+        """EMA step of N_k, m_k and e_k; returns how many dead codes were restarted.
+
+        `counts` and the per-code sums are this process's; under DDP they are summed over
+        the ranks first (`all_reduce_sum`), which leaves `counts` unchanged for the caller.
+        """
         g = self.decay
-        self.cluster_size.mul_(g).add_(counts, alpha=1 - g)
+        counts = counts.clone()
         sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, flat)
+        all_reduce_sum(counts, sums)
+        self.cluster_size.mul_(g).add_(counts, alpha=1 - g)
         self.embed_sum.mul_(g).add_(sums, alpha=1 - g)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.size * self.eps) * n
@@ -118,6 +147,8 @@ class VectorQuantizerEMA(nn.Module):
             self.embed[dead] = flat[pick]
             self.cluster_size[dead] = mean
             self.embed_sum[dead] = flat[pick] * mean
+            # every rank counts the same dead codes (identical buffers); rank 0's picks win
+            broadcast_from_rank0(self.embed, self.cluster_size, self.embed_sum)
         return k
 
 
