@@ -116,11 +116,25 @@ GPUS: dict[str, Device] = {
     d.name: d
     for d in (
         _gpu(
-            "rtx4090", 165.2, 165.2, 82.6, 24, 1008, "NVIDIA GeForce RTX 4090 (Ada)", 1.285,
+            "rtx4090",
+            165.2,
+            165.2,
+            82.6,
+            24,
+            1008,
+            "NVIDIA GeForce RTX 4090 (Ada)",
+            1.285,
             "desktop",
         ),
         _gpu(
-            "rtx3090", 71.0, 71.0, 35.6, 24, 936, "NVIDIA GeForce RTX 3090 (Ampere)", 1.268,
+            "rtx3090",
+            71.0,
+            71.0,
+            35.6,
+            24,
+            936,
+            "NVIDIA GeForce RTX 3090 (Ampere)",
+            1.268,
             "desktop",
         ),
         _gpu("a100-40g", 312.0, 312.0, 19.5, 40, 1555, "NVIDIA A100 40GB SXM", 0.515),
