@@ -279,8 +279,16 @@ def build_api(state_getter: Any = get_state) -> APIRouter:
                         return
                 if not events:
                     if job.status in FINISHED and not job.events_after(last):
-                        yield fmt(last + 1, "state", job.info())
-                        return
+                        # the worker sets the status, records it, then emits done / error /
+                        # cancelled: wait for that event (restart-interrupted jobs have none)
+                        for _ in range(100):
+                            await asyncio.sleep(0.05)
+                            if job.events_after(last):
+                                break
+                        else:
+                            yield fmt(last + 1, "state", job.info())
+                            return
+                        continue
                     if await request.is_disconnected():
                         return
                     await asyncio.sleep(0.05)
