@@ -339,14 +339,7 @@ def estimate(
             "attention": attn_peak,
         }
     tensors = sum(memory.values())
-    alloc, runtime = dev.allocator_overhead, dev.runtime_overhead_bytes
-    if train and dev.train_allocator_overhead is not None:
-        alloc = dev.train_allocator_overhead
-    if train and dev.train_runtime_overhead_bytes is not None:
-        runtime = dev.train_runtime_overhead_bytes
-    memory["allocator"] = alloc * (memory["activations"] + memory["attention"])
-    memory["runtime"] = runtime
-    memory["total"] = sum(memory.values())
+    alloc = _add_overheads(memory, dev, train)
     capacity = dev.memory_gib * GIB
     max_batch, max_size = _largest(memory, tensors, capacity, batch, size, arch, alloc)
     if dev.kind == "gpu" and batch == 1:
@@ -436,14 +429,7 @@ def _estimate_family(
         if fm.family == "vqvae":
             notes.append("a VQ-VAE alone reconstructs: generate = encode + decode")
     tensors = sum(memory.values())
-    alloc, runtime = dev.allocator_overhead, dev.runtime_overhead_bytes
-    if train and dev.train_allocator_overhead is not None:
-        alloc = dev.train_allocator_overhead
-    if train and dev.train_runtime_overhead_bytes is not None:
-        runtime = dev.train_runtime_overhead_bytes
-    memory["allocator"] = alloc * memory["activations"]
-    memory["runtime"] = runtime
-    memory["total"] = sum(memory.values())
+    alloc = _add_overheads(memory, dev, train)
     capacity = dev.memory_gib * GIB
     max_batch, max_size = _largest(memory, tensors, capacity, batch, size, fm, alloc)
     if fm.family not in ("upscaler", "restorer"):  # networks built for one size
@@ -475,6 +461,20 @@ def _estimate_family(
         max_size=max_size,
         notes=notes,
     )
+
+
+def _add_overheads(memory: dict[str, float], dev: Device, train: bool) -> float:
+    """Add the runtime and allocator terms (per task where the profile has them) and the
+    total to `memory`; returns the allocator's overhead per byte of activations."""
+    alloc, runtime = dev.allocator_overhead, dev.runtime_overhead_bytes
+    if train and dev.train_allocator_overhead is not None:
+        alloc = dev.train_allocator_overhead
+    if train and dev.train_runtime_overhead_bytes is not None:
+        runtime = dev.train_runtime_overhead_bytes
+    memory["allocator"] = alloc * (memory["activations"] + memory["attention"])
+    memory["runtime"] = runtime
+    memory["total"] = sum(memory.values())
+    return alloc
 
 
 def _scaled_bytes(c: Counts, f: float) -> Counts:
