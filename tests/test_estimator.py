@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ from imagesynth.cli.main import app
 from imagesynth.errors import ImagesynthError
 from imagesynth.estimator import estimate, quick_estimate
 from imagesynth.estimator.arch import build_part, get_arch
-from imagesynth.estimator.count import count_call
+from imagesynth.estimator.count import Counts, count_call
 from imagesynth.estimator.devices import get_device, profile_path
 from imagesynth.estimator.predict import COMPLEXITY
 
@@ -193,6 +195,40 @@ def test_calibrate_writes_a_profile():
     dev = get_device("cpu")
     assert dev.tflops["fp32"] > 0 and dev.bandwidth_gbs > 0
     assert "uncalibrated" not in estimate("tiny", size=16, steps=2).notes
+
+
+def test_time_fit_recovers_known_costs_and_uses_them():
+    """The CPU time model: terms from counts, NNLS fit in relative error, additive time."""
+    from imagesynth.estimator.devices import _nnls_relative
+    from imagesynth.estimator.predict import TIME_TERMS, kernels_time, time_terms
+
+    rng = random.Random(0)
+    truth = dict(zip(TIME_TERMS, (1e-11, 4e-10, 2e-11, 3e-11, 1e-10, 3e-5), strict=True))
+    rows = [{k: rng.uniform(0.1, 1.0) * 0.01 / v for k, v in truth.items()} for _ in range(12)]
+    secs = [sum(truth[k] * r[k] for k in TIME_TERMS) for r in rows]
+    fit = _nnls_relative(rows, secs, TIME_TERMS, prior={})
+    for k in TIME_TERMS:
+        assert fit[k] == pytest.approx(truth[k], rel=1e-6)
+    # a prior only breaks ties: one 3x off moves the fit towards it, a little
+    fit = _nnls_relative(rows, secs, TIME_TERMS, prior={"op": 1e-5}, prior_weight=0.3)
+    worst = max(
+        abs(sum(fit[k] * r[k] for k in TIME_TERMS) / s - 1) for r, s in zip(rows, secs, strict=True)
+    )
+    assert worst < 0.1 and 1e-5 < fit["op"] < 3e-5
+
+    counts = Counts(ops={"fwd": [[0, 2e9, 1e6], [1, 1e9, 1e5], [2, 5e8, 1e5], [3, 0.0, 4e6]]})
+    terms = time_terms(counts, "fwd")
+    assert terms == {
+        "conv_flop": 2e9,
+        "conv_byte": 1e6,
+        "matmul_flop": 1e9,
+        "attention_flop": 5e8,
+        "memory_byte": 4e6 + 2e5,
+        "op": 4,
+    }
+    dev = dataclasses.replace(get_device("rtx4090"), kind="cpu", cpu_time=truth)
+    expected = sum(truth[k] * v for k, v in terms.items())
+    assert kernels_time(counts, "fwd", dev, "fp32") == pytest.approx(expected)
 
 
 def test_cached_estimate_is_fast_and_skips_diffusers(tmp_path):

@@ -54,6 +54,10 @@ class Device:
     train_runtime_overhead_bytes: float | None = None
     train_allocator_overhead: float | None = None
     measured: dict[str, float] = field(default_factory=dict)  # calibration raw figures
+    # CPU profiles: seconds per unit of each term of `predict.time_terms` (conv FLOP, conv
+    # byte, matmul FLOP, attention FLOP, elementwise byte, op), fitted on probe workloads;
+    # empty = the roofline model above (data-sheet GPUs, an uncalibrated CPU)
+    cpu_time: dict[str, float] = field(default_factory=dict)
 
     def peak_flops(self, dtype: str) -> float:
         """Peak FLOP/s for a dtype; an error names the dtypes this device runs fast."""
@@ -336,6 +340,201 @@ def _fit_memory(base: Device) -> dict[str, float]:
     return out
 
 
+# time probes: (name, network, size, batch, train). None of them is a preset or a benchmark
+# workload; together they span what the time terms separate: dispatch-bound tiny UNets,
+# compute-bound convolutions, a GAN-like stack of narrow strided / transposed convolutions
+# with batch norm at a large batch (conv traffic), an MLP (matmuls), group norms and SiLUs
+# (elementwise traffic) and a transformer block (attention)
+_TIME_PROBES = (
+    ("unet-8ch", "overhead-unet", 8, 1, False),
+    ("unet-8ch", "overhead-unet", 8, 1, True),
+    ("unet-48ch", "probe-unet", 32, 4, False),
+    ("unet-48ch", "probe-unet", 64, 2, False),
+    ("unet-48ch", "probe-unet", 32, 8, True),
+    ("conv-stack", "conv-stack", 32, 64, False),
+    ("conv-stack", "conv-stack", 32, 32, True),
+    ("conv-stack", "conv-stack", 16, 128, True),
+    ("mlp", "mlp", 512, 4, False),
+    ("mlp", "mlp", 512, 4, True),
+    ("norm-act", "norm-act", 32, 16, False),
+    ("transformer-block", "transformer-block", 256, 4, False),
+    ("transformer-block", "transformer-block", 256, 4, True),
+)
+
+
+def _probe_net(kind: str, size: int, batch: int, device: Any) -> tuple[Any, dict[str, Any]]:
+    """(module, forward kwargs) of one time probe, built on `device` (meta or cpu)."""
+    import torch
+    from torch import nn
+
+    def tensor(*shape: int, dtype: Any = torch.float32) -> Any:
+        if device.type == "meta":
+            return torch.empty(*shape, device=device, dtype=dtype)
+        if dtype == torch.long:
+            return torch.randint(0, 1000, shape)
+        return torch.randn(*shape)
+
+    with torch.device(device):
+        if kind in ("overhead-unet", "probe-unet"):
+            from diffusers import UNet2DModel
+
+            cfg = _OVERHEAD_UNET if kind == "overhead-unet" else _MEMORY_PROBE_UNET
+            net = UNet2DModel(**{**cfg, "sample_size": size})
+            return net, {
+                "sample": tensor(batch, 3, size, size),
+                "timestep": tensor(batch, dtype=torch.long),
+            }
+        if kind == "conv-stack":
+            net = nn.Sequential(
+                nn.Conv2d(3, 24, 4, 2, 1), nn.BatchNorm2d(24), nn.LeakyReLU(0.2),
+                nn.Conv2d(24, 48, 4, 2, 1), nn.BatchNorm2d(48), nn.LeakyReLU(0.2),
+                nn.Conv2d(48, 48, 3, 1, 1), nn.BatchNorm2d(48), nn.LeakyReLU(0.2),
+                nn.ConvTranspose2d(48, 24, 4, 2, 1), nn.BatchNorm2d(24), nn.ReLU(),
+                nn.ConvTranspose2d(24, 3, 4, 2, 1), nn.Tanh(),
+            )  # fmt: skip
+            return net, {"input": tensor(batch, 3, size, size)}
+        if kind == "mlp":
+            net = nn.Sequential(nn.Linear(192, 768), nn.GELU(), nn.Linear(768, 192))
+            return net, {"input": tensor(batch, size, 192)}
+        if kind == "norm-act":  # elementwise only: memory traffic and per-op cost
+            layers = [m for _ in range(4) for m in (nn.GroupNorm(8, 64), nn.SiLU())]
+            net = nn.Sequential(*layers)
+            return net, {"input": tensor(batch, 64, size, size)}
+        net = _transformer_block_class()(96, 4)
+        return net, {"x": tensor(batch, size, 96)}
+
+
+def _transformer_block_class() -> Any:
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, dim: int, heads: int) -> None:
+            super().__init__()
+            self.heads = heads
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+        def forward(self, x: Any) -> Any:
+            b, n, d = x.shape
+            q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+            x = x + self.proj(a)
+            return x + self.mlp(self.norm2(x))
+
+    return Block
+
+
+def _nnls_relative(
+    rows: list[dict[str, float]],
+    seconds: list[float],
+    keys: tuple[str, ...],
+    prior: dict[str, float],
+    prior_weight: float = 1.0,
+) -> dict[str, float]:
+    """Non-negative least squares of seconds ~ sum(c_k x_k) in relative error (every probe
+    weighs the same however long it runs), by trying every subset of terms (exact for a
+    handful). Each term with a prior (a microbenchmark's figure) adds a row pulling it
+    towards it, as much as one probe: probes whose terms move together (wide convolutions'
+    FLOPs and bytes) then split their time as the microbenchmarks say, not as noise says."""
+    import itertools
+
+    import numpy as np
+
+    a = np.array([[r[k] for k in keys] for r in rows]) / np.array(seconds)[:, None]
+    b = np.ones(len(rows))
+    for i, k in enumerate(keys):
+        if prior.get(k, 0.0) > 0:
+            row = np.zeros(len(keys))
+            row[i] = prior_weight / prior[k]
+            a = np.vstack([a, row])
+            b = np.append(b, prior_weight)
+    scale = a.max(axis=0)
+    scale[scale == 0] = 1.0
+    a = a / scale
+    best: tuple[float, Any] | None = None
+    for m in range(1, len(keys) + 1):
+        for sub in itertools.combinations(range(len(keys)), m):
+            coef, *_ = np.linalg.lstsq(a[:, sub], b, rcond=None)
+            if (coef < 0).any():
+                continue
+            full = np.zeros(len(keys))
+            full[list(sub)] = coef
+            err = float(((a @ full - b) ** 2).sum())
+            if best is None or err < best[0]:
+                best = (err, full)
+    assert best is not None
+    return dict(zip(keys, (best[1] / scale).tolist(), strict=True))
+
+
+def _fit_time(rounds: int, prior: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Fit the CPU time terms on the probes: (seconds per unit of each term, figures).
+
+    Each probe is counted on meta (the same counts an estimate reads) and timed for real:
+    forward without grad, or forward + backward of mean(out^2) for training. The probes are
+    timed in turn, round after round, and each keeps its median over the rounds, so that a
+    shared machine slowing down for a while slows every probe alike instead of a few.
+    """
+    import statistics
+
+    import torch
+
+    from .count import count_call
+    from .predict import TIME_TERMS, time_terms
+
+    rows, steps, names = [], [], []
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    for name, kind, size, batch, train in _TIME_PROBES:
+        net, kwargs = _probe_net(kind, size, batch, meta)
+        c = count_call(net, kwargs, train=train, method="forward")
+        terms = time_terms(c, "fwd")
+        if train:
+            for k, v in time_terms(c, "bwd").items():
+                terms[k] += v
+        rows.append(terms)
+        names.append(f"probe_{name}_{'train' if train else 'generate'}_{size}_b{batch}")
+        torch.manual_seed(0)
+        net, kwargs = _probe_net(kind, size, batch, cpu)
+        net.train(train)
+
+        def out(net: Any = net, kwargs: dict[str, Any] = kwargs) -> Any:
+            o = net(**kwargs)
+            return o if isinstance(o, torch.Tensor) else o.sample
+
+        if train:
+
+            def step(net: Any = net, out: Any = out) -> None:
+                for p in net.parameters():
+                    p.grad = None
+                out().float().pow(2).mean().backward()
+
+        else:
+
+            def step(out: Any = out) -> None:
+                with torch.no_grad():
+                    out()
+
+        step()  # warm-up: oneDNN primitives, allocator
+        steps.append(step)
+    runs: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            t = time.perf_counter()
+            step()
+            step()
+            runs[i].append((time.perf_counter() - t) / 2)
+    secs = [statistics.median(r) for r in runs]
+    coef = _nnls_relative(rows, secs, TIME_TERMS, prior, prior_weight=0.3)
+    fit = [sum(coef[k] * r[k] for k in TIME_TERMS) / s for r, s in zip(rows, secs, strict=True)]
+    figures: dict[str, float] = {}
+    for name, t, f in zip(names, secs, fit, strict=True):
+        figures[f"{name}_ms"] = 1e3 * t
+        figures[f"{name}_fit"] = f
+    figures["time_fit_worst_ratio"] = max(fit, key=lambda f: abs(f - 1.0))
+    return coef, figures
+
+
 def calibrate(quick: bool = False, save: bool = True) -> Device:
     """Measure this machine's CPU (throughput, bandwidth, overheads) and store the profile.
 
@@ -428,6 +627,17 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
             "quick": float(quick),
         },
     )
+    prior = {  # what the microbenchmarks above say each unit costs
+        "conv_flop": 1.0 / conv_rate,
+        "matmul_flop": 1.0 / mm_rate,
+        "attention_flop": 2.0 / mm_rate,
+        "memory_byte": 1.0 / bw_rate,
+        "op": launch,
+    }
+    coef, figures = _fit_time(1 if quick else 7, prior)
+    dev.cpu_time = coef
+    dev.measured.update(figures)
+    dev.measured.update({f"time_{k}": v for k, v in coef.items()})
     if not quick:  # four short runs in fresh processes (~10 s)
         fit = _fit_memory(dev)
         dev.runtime_overhead_bytes = fit["generate_runtime_overhead_bytes"]

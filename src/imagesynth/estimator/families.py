@@ -455,6 +455,8 @@ def measure_family(
 
     cpu = torch.device("cpu")
     build_family(fm, size if not fm.fixed_size else None)  # imports outside the measurement
+    if task == "train":  # torch.optim imports torch._dynamo (~70 MB) on its first optimizer
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     import gc
 
     gc.collect()

@@ -162,10 +162,40 @@ def _seconds(s: float) -> str:
 # --- the time model ------------------------------------------------------------------------
 
 
+TIME_TERMS = ("conv_flop", "conv_byte", "matmul_flop", "attention_flop", "memory_byte", "op")
+
+
+def time_terms(counts: Counts, phase: str) -> dict[str, float]:
+    """What a CPU profile's fitted cost per unit multiplies: FLOPs and bytes by kernel kind,
+    and kernels (each costs dispatch, oneDNN's primitive lookup, the thread pool's wake-up)."""
+    terms = dict.fromkeys(TIME_TERMS, 0.0)
+    for kind, flops, nbytes in counts.ops.get(phase, []):
+        name = KINDS[int(kind)]
+        if name == "memory":
+            terms["memory_byte"] += nbytes
+        else:
+            terms[f"{name}_flop"] += flops
+            if name == "conv":  # layout reorders and im2col-like traffic of small convs
+                terms["conv_byte"] += nbytes
+            else:
+                terms["memory_byte"] += nbytes
+        terms["op"] += 1
+    return terms
+
+
 def kernels_time(
     counts: Counts, phase: str, device: Device, dtype: str, train: bool = False
 ) -> float:
-    """Seconds for one phase ("fwd" / "bwd") of a counted call on a device."""
+    """Seconds for one phase ("fwd" / "bwd") of a counted call on a device.
+
+    A calibrated CPU adds its fitted cost of every term (`time_terms`): a CPU runs one
+    kernel after another, so compute, traffic and per-kernel costs add up. A GPU overlaps
+    them: each kernel takes the longer of its compute and its memory time (a roofline), and
+    the host's launches bound the whole from below.
+    """
+    if device.cpu_time and dtype == "fp32":
+        terms = time_terms(counts, phase)
+        return sum(device.cpu_time.get(k, 0.0) * v for k, v in terms.items())
     peak = device.peak_flops(dtype)
     bw = device.bandwidth_gbs * 1e9 * device.efficiency.get("memory", 1.0)
     latency = device.op_latency_us * 1e-6
@@ -191,6 +221,8 @@ def kernels_time(
 
 
 def _elementwise_time(device: Device, n_ops: int, nbytes: float) -> float:
+    if device.cpu_time:
+        return n_ops * device.cpu_time.get("op", 0.0) + nbytes * device.cpu_time["memory_byte"]
     bw = device.bandwidth_gbs * 1e9 * device.efficiency.get("memory", 1.0)
     launch = device.launch_us * 1e-6
     if device.kind == "gpu":
