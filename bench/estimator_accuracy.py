@@ -135,6 +135,8 @@ def main() -> None:
         "cpu_matmul_gflops": dev.measured.get("matmul_gflops", 0.0),
         "cpu_conv_gflops": dev.measured.get("conv_gflops", 0.0),
         "cpu_bandwidth_gbs": dev.measured.get("bandwidth_gbs", 0.0),
+        "cpu_time_probe_fit_worst_ratio": dev.measured.get("time_fit_worst_ratio", 0.0),
+        **{f"cpu_time_cost_{k}": v for k, v in dev.cpu_time.items()},
     }
     for name, rep, meas, t_ratio, m_ratio in rows:
         figures[f"{name}_predicted_s_per_image"] = rep.seconds_per_image
@@ -144,7 +146,36 @@ def main() -> None:
         figures[f"{name}_measured_peak_mib"] = meas["peak_bytes"] / 2**20
         figures[f"{name}_memory_ratio"] = m_ratio
     gpu_table(figures)
+    first_estimates(figures)
     write_result("estimator_accuracy", figures, command_line())
+
+
+def first_estimates(figures: dict) -> None:
+    """Wall time of a whole `imagesynth estimate` command with an empty count cache."""
+    import os
+    import shutil
+    import tempfile
+    import time
+
+    print(f"\n{'first estimate (empty cache)':<44} {'seconds':>8}")
+    for args in (
+        ["--model", "sd15", "--size", "512", "--cfg", "--device", "rtx4090"],
+        ["--model", "sdxl", "--size", "1024", "--batch", "4", "--device", "a100-80g"],
+        ["--model", "tiny", "--size", "32", "--batch", "8"],
+        ["--model", "gan:dcgan-small", "--task", "train", "--batch", "64"],
+        ["--model", "pixelcnn"],
+        ["--model", "sd15", "--size", "520"],  # not a multiple of 64: counted on meta
+    ):
+        cache = tempfile.mkdtemp()
+        env = {**os.environ, "IMAGESYNTH_CACHE": cache}
+        t = time.perf_counter()
+        exe = shutil.which("imagesynth") or "imagesynth"
+        subprocess.run([exe, "estimate", *args], env=env, capture_output=True, check=True)
+        secs = time.perf_counter() - t
+        shutil.rmtree(cache, ignore_errors=True)
+        label = " ".join(a for a in args if not a.startswith("--"))
+        print(f"{label:<44} {secs:>8.2f}")
+        figures[f"first_estimate_s_{label.replace(' ', '_').replace(':', '_')}"] = secs
 
 
 def gpu_table(figures: dict) -> None:

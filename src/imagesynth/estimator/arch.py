@@ -323,6 +323,11 @@ def get_arch(model: str, channels: int = 3) -> Arch:
     key = model.strip()
     if key.lower() in NAMED:  # no torch import: a cached estimate stays fast
         return NAMED[key.lower()]()
+    from .table import archs
+
+    if key in archs() and channels == 3:  # a preset as the count table stored it
+        stored = archs()[key]
+        return Arch(**{**stored, "parts": [Part(**p) for p in stored["parts"]]})
     from ..models.diffusion import PRESETS
 
     if key in PRESETS:

@@ -293,6 +293,14 @@ def count_call(
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
+def part_key(part: Part, arch: Arch, dtype: str, train: bool) -> str:
+    """The key of a part's entry in the shipped count table (`table.py`)."""
+    from .table import key_of
+
+    what = [part.role, part.cls, part.config, part.cond, arch.latent_factor, arch.latent_channels]
+    return key_of(*what, dtype, train)
+
+
 def _cache_key(part: Part, arch: Arch, batch: int, size: int, dtype: str, train: bool) -> str:
     try:
         versions = [metadata.version("torch"), metadata.version("diffusers")]
@@ -331,6 +339,12 @@ def count_part(
     """Counts of one call of `part` at (batch, image size, dtype); cached in memory and on disk."""
     if part.cls == "text-transformer":
         return _text_counts(part.config, batch, DTYPE_BYTES[dtype])
+    if use_cache:
+        from .table import lookup
+
+        hit = lookup(part_key(part, arch, dtype, train), batch, size)
+        if hit is not None:
+            return hit[0]
     path = cache_dir() / "counts" / f"{_cache_key(part, arch, batch, size, dtype, train)}.json"
     key = str(path)  # per cache folder, so a new folder gets its files written
     if use_cache and key in _MEMORY_CACHE:

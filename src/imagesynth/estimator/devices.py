@@ -9,8 +9,11 @@ the A10 data sheet: NVIDIA publishes no separate A10G sheet.
 
 The local CPU has no data sheet: `calibrate()` measures it (matmul and convolution throughput
 with a per-op latency fitted from several sizes, memory bandwidth, per-op and per-module
-overheads) and stores the profile as JSON under the cache directory
-(`~/.cache/imagesynth`, or `$IMAGESYNTH_CACHE`) as `device-<hostname>.json`.
+overheads), then fits the CPU time model's cost per conv FLOP, conv byte, matmul FLOP,
+attention FLOP, elementwise byte and kernel on probe workloads that are none of the
+presets (`_TIME_PROBES`), and the resident memory beyond tensors on probe runs in fresh
+processes. The profile is stored as JSON under the cache directory (`~/.cache/imagesynth`,
+or `$IMAGESYNTH_CACHE`) as `device-<hostname>.json`.
 """
 
 from __future__ import annotations

@@ -51,10 +51,11 @@ class FamilyModel:
     multiple: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def key(self) -> str:
+    def key(self, with_size: bool = True) -> str:
         opts = {k: v for k, v in self.family_options.items() if k not in _NOT_ARCH}
+        size = self.size if with_size else None
         return json.dumps(
-            [self.family, opts, self.channels, self.num_classes, self.size], sort_keys=True
+            [self.family, opts, self.channels, self.num_classes, size], sort_keys=True
         )
 
     def check_size(self, size: int) -> None:
@@ -94,6 +95,9 @@ def family_model(spec: str, size: int | None = None, channels: int = 3) -> Famil
             "the transformer prior is estimated from a model directory (it needs its VQ-VAE): "
             "--model RUN/model"
         )
+    shipped = _shipped_model(spec, size, channels)
+    if shipped is not None:
+        return shipped
     opts: dict[str, Any] = {"preset": preset} if preset else {}
     if fam in ("pixelcnn", "vqvae", "restorer") and preset:
         raise ImagesynthError(f"{fam} has no presets; use --model {fam} (and --fopt-like sizes)")
@@ -110,6 +114,20 @@ def family_model(spec: str, size: int | None = None, channels: int = 3) -> Famil
     )
     build_family(fm)  # refuses an unknown preset or a size the family cannot take, here
     return fm
+
+
+def _shipped_model(spec: str, size: int | None, channels: int) -> FamilyModel | None:
+    """A preset as the count table stored it (no torch import), where it is that model."""
+    from .table import families
+
+    stored = families().get(spec)
+    if stored is None or channels != stored["channels"]:
+        return None
+    if size is not None and size != stored["size"]:
+        if stored["family"] not in ("upscaler", "restorer"):
+            return None  # GAN / VAE presets build other networks for other sizes
+        return FamilyModel(**{**stored, "size": size})
+    return FamilyModel(**stored)
 
 
 def _from_dir(path: Path) -> FamilyModel | None:
@@ -272,6 +290,15 @@ def _lenient_mode() -> Any:
     return Lenient
 
 
+def family_key(fm: FamilyModel, task: str) -> str:
+    """The key of a family model's entry in the shipped count table (`table.py`); the
+    fully convolutional families' networks do not depend on the size they were made for."""
+    from .table import key_of
+
+    conv = fm.family in ("upscaler", "restorer")
+    return key_of("family", fm.key(with_size=not conv), task)
+
+
 def _cache_path(fm: FamilyModel, task: str, batch: int, size: int) -> Path:
     from importlib import metadata
 
@@ -289,6 +316,12 @@ def count_family(
     Roles: "trained" (what the optimizers update), "ema" (networks with an EMA copy), "held"
     (every parameter on the device, frozen parts such as the prior's VQ-VAE included).
     """
+    if use_cache:
+        from .table import lookup
+
+        hit = lookup(family_key(fm, task), batch, size)
+        if hit is not None:
+            return hit[0], hit[1]["steps"], hit[1]["params"]
     path = _cache_path(fm, task, batch, size)
     if use_cache and path.is_file():
         try:
