@@ -476,8 +476,9 @@ def _fit_time(rounds: int, prior: dict[str, float]) -> tuple[dict[str, float], d
 
     Each probe is counted on meta (the same counts an estimate reads) and timed for real:
     forward without grad, or forward + backward of mean(out^2) for training. The probes are
-    timed in turn, round after round, and each keeps its median over the rounds, so that a
-    shared machine slowing down for a while slows every probe alike instead of a few.
+    timed in turn, round after round (one untimed call first, as the other probes evicted
+    its data from the caches), and each keeps its median over the rounds, so that a shared
+    machine slowing down for a while slows every probe alike instead of a few.
     """
     import statistics
 
@@ -523,6 +524,7 @@ def _fit_time(rounds: int, prior: dict[str, float]) -> tuple[dict[str, float], d
     runs: list[list[float]] = [[] for _ in steps]
     for _ in range(rounds):
         for i, step in enumerate(steps):
+            step()  # caches and oneDNN primitives warm again after the other probes
             t = time.perf_counter()
             step()
             step()
