@@ -479,12 +479,9 @@ def measure_family(
     fm: FamilyModel, task: str, size: int, batch: int, repeats: int = 3
 ) -> dict[str, float]:
     """Time and resident-memory growth of the real workload on this CPU."""
-    import statistics
-    import time
-
     import torch
 
-    from .predict import PeakRSS
+    from .predict import PeakRSS, median_seconds
 
     cpu = torch.device("cpu")
     build_family(fm, size if not fm.fixed_size else None)  # imports outside the measurement
@@ -528,12 +525,7 @@ def measure_family(
                         torch._foreach_lerp_(copy, ps, 1 - 0.999)
 
         once()  # warm-up (optimizer states appear on the first step)
-        runs = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            once()
-            runs.append(time.perf_counter() - t)
-    per_batch = statistics.median(runs)
+        per_batch = median_seconds(once, repeats)
     return {
         "seconds_per_step": per_batch / steps,
         "seconds_per_image": per_batch / batch,

@@ -378,7 +378,8 @@ def estimate(
         notes.append("batch 1 on a GPU is often limited by kernel launches, not FLOPs")
     if dev.kind == "cpu" and dev.description.startswith("uncalibrated"):
         notes.append("CPU figures are rough until `imagesynth estimate --calibrate` is run")
-    return Report(
+    return _report(
+        dev,
         model=model.name if isinstance(model, Arch) else str(model),
         architecture=arch.description,
         task=task,
@@ -386,8 +387,6 @@ def estimate(
         steps=steps if not train else 1,
         batch=batch,
         dtype=dtype,
-        device=dev.name,
-        device_memory_bytes=capacity,
         cfg=cfg and not train,
         attention=attention,
         parameters=params,
@@ -395,10 +394,8 @@ def estimate(
         flops_per_image=flops_image,
         seconds_per_step=seconds_step,
         seconds_per_image=seconds_image,
-        images_per_hour=3600.0 / seconds_image,
         time_breakdown=times,
         memory=memory,
-        fits=memory["total"] <= capacity,
         max_batch=max_batch,
         max_size=max_size,
         notes=notes,
@@ -468,7 +465,8 @@ def _estimate_family(
         max_size = size if memory["total"] <= capacity else 0
     if dev.kind == "cpu" and dev.description.startswith("uncalibrated"):
         notes.append("CPU figures are rough until `imagesynth estimate --calibrate` is run")
-    return Report(
+    return _report(
+        dev,
         model=fm.name,
         architecture=fm.description,
         task=task,
@@ -476,8 +474,6 @@ def _estimate_family(
         steps=steps if not train else 1,
         batch=batch,
         dtype=dtype,
-        device=dev.name,
-        device_memory_bytes=capacity,
         cfg=False,
         attention="sdpa",
         parameters=params["held"],
@@ -485,13 +481,23 @@ def _estimate_family(
         flops_per_image=(flops_step * (1 if train else steps)) / batch,
         seconds_per_step=seconds_step,
         seconds_per_image=seconds_image,
-        images_per_hour=3600.0 / seconds_image,
         time_breakdown=times,
         memory=memory,
-        fits=memory["total"] <= capacity,
         max_batch=max_batch,
         max_size=max_size,
         notes=notes,
+    )
+
+
+def _report(dev: Device, **fields: Any) -> Report:
+    """The Report, with what follows from the device and the figures."""
+    capacity = dev.memory_gib * GIB
+    return Report(
+        device=dev.name,
+        device_memory_bytes=capacity,
+        images_per_hour=3600.0 / fields["seconds_per_image"],
+        fits=fields["memory"]["total"] <= capacity,
+        **fields,
     )
 
 
@@ -650,6 +656,18 @@ class PeakRSS:
         return self.peak - self.base
 
 
+def median_seconds(fn: Any, repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of fn (warm it up first)."""
+    import statistics
+
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
 def measure(
     model: str | Arch = "tiny",
     *,
@@ -664,8 +682,6 @@ def measure(
 
     Peak memory is the process's resident-set growth from before the model is built.
     """
-    import statistics
-
     import torch
 
     from .families import FamilyModel, family_model, measure_family
@@ -712,12 +728,7 @@ def measure(
                 kw["class_labels"] = [0] * batch
                 kw["guidance_scale"] = 3.0 if cfg else None
             generate(unet, sched, **{**kw, "steps": 1})  # warm-up
-            runs = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                generate(unet, sched, **kw)
-                runs.append(time.perf_counter() - t)
-            per_batch = statistics.median(runs)
+            per_batch = median_seconds(lambda: generate(unet, sched, **kw), repeats)
             per_step = per_batch / steps
             per_image = per_batch / batch
         else:
@@ -741,12 +752,7 @@ def measure(
                     torch._foreach_lerp_(ema, list(unet.parameters()), 1 - 0.999)
 
             step()  # warm-up: optimizer states are made on the first step
-            runs = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                step()
-                runs.append(time.perf_counter() - t)
-            per_step = statistics.median(runs)
+            per_step = median_seconds(step, repeats)
             per_image = per_step / batch
     return {
         "seconds_per_step": per_step,

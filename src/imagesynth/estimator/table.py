@@ -202,6 +202,8 @@ def _store(
     `min_size` up (below it, feature maps of a few pixels move the live set's peak), the
     others only `size`.
     """
+    if key in out["entries"] or key + "|b1" in out["entries"]:
+        return  # a network shared by two architectures (SDXL's UNet in the refiner's, the VAE)
     k0 = max(2, -(-min_size // base))  # fitted from min_size and 2 x base up
     ks = (k0, k0 + k0 // 2, 2 * k0)
     for b1 in (False, True):
