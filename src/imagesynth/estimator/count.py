@@ -28,7 +28,7 @@ from typing import Any
 from .arch import Arch, Part, build_part, part_inputs
 from .devices import cache_dir
 
-COUNT_VERSION = 2  # bump when the counting changes, to invalidate cached counts
+COUNT_VERSION = 3  # bump when the counting changes, to invalidate cached counts
 KINDS = ("conv", "matmul", "attention", "memory")
 _MEMORY_CACHE: dict[str, Counts] = {}
 

@@ -363,14 +363,22 @@ def count_family(
         else:
             run, phases = train_call(fam, fm, batch, size, meta)
 
+            keep: list[Any] = []  # alive until the phase's forward ends: storage ids stay unique
+            most = [0]
+
             def pack(t: Any) -> Any:
                 st = t.untyped_storage()
                 if not isinstance(t, torch.nn.Parameter) and st._cdata not in saved:
                     saved[st._cdata] = st.nbytes()
+                    keep.append(t)
                 return t
 
             def on_phase(p: str) -> None:
                 tracker.phase = p
+                if p == "bwd":  # a phase's saved tensors are freed by its backward
+                    most[0] = max(most[0], sum(saved.values()))
+                    saved.clear()
+                    keep.clear()
 
             with (
                 _lenient_mode()(tracker),
@@ -378,7 +386,7 @@ def count_family(
             ):
                 run(on_phase)
             counts.train_peak_live_bytes = float(tracker.peak)
-            counts.saved_bytes = float(sum(saved.values()))
+            counts.saved_bytes = float(max(most[0], sum(saved.values())))
             counts.flops_forward = sum(o[1] for o in tracker.ops["fwd"])
             counts.flops_backward = sum(o[1] for o in tracker.ops["bwd"])
             counts.module_calls = calls[0]

@@ -10,9 +10,11 @@ polynomial in batch B and pixel count p:
     c0 + c1 p + c2 p^2 + B (a0 + a1 p + a2 p^2)
 
 Weights give the terms without B, activations those with B; convolutions and linear layers
-are linear in p, self-attention quadratic, cross-attention linear. Six counts (B = 1, 2 at
-three sizes) fix the six coefficients, and a seventh count at another batch and size must
-be reproduced exactly (peaks of the live set within 3 %) or the entry is not stored. Kernels
+are linear in p, self-attention quadratic, cross-attention linear. Six counts (B = 2, 3 at
+three sizes; batch 1 has an entry of its own, since some kernels are views there) fix the
+six coefficients, and a count at another batch and size must be reproduced (kernels to
+1e-5, round-off of the p^2 terms; peaks of the live set within 3 %) or the entry is not
+stored. Kernels
 that cost the same at every point are stored once with their multiplicity. Models built for
 one size (GAN, VAE, PixelCNN presets) vary in B only. Sizes that are not a multiple of the
 architecture's full down-sampling factor are counted on meta as before.
@@ -171,14 +173,14 @@ def check(entry: dict[str, Any], batch: int, size: int, counts: Counts) -> None:
         return abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
 
     for name in _SCALARS:
-        rel = 0.03 if name in _PEAKS else 1e-6
+        rel = 0.03 if name in _PEAKS else 1e-5
         if not close(getattr(got, name), getattr(counts, name), rel):
             raise ValueError(f"{name}: {getattr(got, name)} vs counted {getattr(counts, name)}")
     for ph, ops in counts.ops.items():
         want = sorted((int(k), f, b) for k, f, b in ops)
         have = sorted((int(k), f, b) for k, f, b in got.ops.get(ph, []))
         if len(want) != len(have) or not all(
-            w[0] == h[0] and close(w[1], h[1], 1e-6) and close(w[2], h[2], 1e-6)
+            w[0] == h[0] and close(w[1], h[1], 1e-5) and close(w[2], h[2], 1e-5)
             for w, h in zip(want, have, strict=True)
         ):
             raise ValueError(f"{ph} kernels differ from the count")
