@@ -56,8 +56,6 @@ class Device:
     # training's own figures where calibrated (autograd, optimizer kernels); None = as above
     train_runtime_overhead_bytes: float | None = None
     train_allocator_overhead: float | None = None
-    # the other families (own networks, no diffusers): runtime bytes per task, where fitted
-    family_runtime_overhead_bytes: dict[str, float] = field(default_factory=dict)
     measured: dict[str, float] = field(default_factory=dict)  # calibration raw figures
     # CPU profiles: seconds per unit of each term of `predict.time_terms` (conv FLOP, conv
     # byte, matmul FLOP, attention FLOP, elementwise byte, op), fitted on probe workloads;
@@ -282,10 +280,6 @@ _MEMORY_PROBE_UNET = {
 }
 # (task, size, batch): two activation sizes per task
 _MEMORY_PROBES = (("generate", 32, 2), ("generate", 64, 8), ("train", 16, 4), ("train", 32, 16))
-# the other families run their own, smaller networks: oneDNN keeps fewer primitives resident
-# than for a diffusers UNet, so their constant term is fitted on family presets of their
-# own, none of which the benchmark runs: (task, size, batch, model)
-_FAMILY_MEMORY_PROBES = (("generate", 32, 64, "vae:small"), ("train", 32, 32, "gan:dcgan-small"))
 
 
 def _memory_probe_main(spec: str) -> None:
@@ -293,28 +287,9 @@ def _memory_probe_main(spec: str) -> None:
     from .arch import _pixel
     from .predict import measure
 
-    task, size, batch, *model = json.loads(spec)
-    arch = model[0] if model else _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "probe")
+    task, size, batch = json.loads(spec)
+    arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
     print(json.dumps(measure(arch, task=task, size=size, steps=2, batch=batch, repeats=1)))
-
-
-def _probe_peak(spec: list[Any]) -> float:
-    """Resident growth of one memory probe, run in a fresh process (its RSS is its own)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from imagesynth.estimator.devices import _memory_probe_main as m; "
-        "m(sys.argv[1])"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise ImagesynthError(
-            "memory calibration probe failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
 def _fit_memory(base: Device) -> dict[str, float]:
@@ -325,6 +300,8 @@ def _fit_memory(base: Device) -> dict[str, float]:
     copies of activations and scratchpads, malloc's arenas, code and kernels paged in.
     """
     import dataclasses
+    import subprocess
+    import sys
 
     from .arch import _pixel
     from .predict import estimate
@@ -335,12 +312,25 @@ def _fit_memory(base: Device) -> dict[str, float]:
         allocator_overhead=0.0,
         train_runtime_overhead_bytes=None,
         train_allocator_overhead=None,
-        family_runtime_overhead_bytes={},
     )
     arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
     points: dict[str, list[tuple[float, float]]] = {"generate": [], "train": []}
+    code = (
+        "import sys; from imagesynth.estimator.devices import _memory_probe_main as m; "
+        "m(sys.argv[1])"
+    )
     for task, size, batch in _MEMORY_PROBES:
-        peak = _probe_peak([task, size, batch])
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps([task, size, batch])],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise ImagesynthError(
+                "memory calibration probe failed: "
+                + (proc.stderr.strip().splitlines() or ["?"])[-1]
+            )
+        peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
         rep = estimate(arch, task=task, size=size, steps=2, batch=batch, device=bare)
         act = rep.memory["activations"] + rep.memory.get("attention", 0.0)
         points[task].append((act, peak - rep.memory["total"]))
@@ -350,15 +340,6 @@ def _fit_memory(base: Device) -> dict[str, float]:
         slope = max((r1 - r0) / (a1 - a0), 0.0) if a1 > a0 else 0.0
         out[f"{task}_allocator_overhead"] = slope
         out[f"{task}_runtime_overhead_bytes"] = max(r0 - slope * a0, 0.0)
-    for task, size, batch, model in _FAMILY_MEMORY_PROBES:  # the same slope, its own constant
-        peak = _probe_peak([task, size, batch, model])
-        rep = estimate(model, task=task, size=size, batch=batch, device=bare)
-        extra = (
-            peak
-            - rep.memory["total"]
-            - out[f"{task}_allocator_overhead"] * rep.memory["activations"]
-        )
-        out[f"family_{task}_runtime_overhead_bytes"] = max(extra, 0.0)
     return out
 
 
@@ -662,15 +643,12 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
     dev.cpu_time = coef
     dev.measured.update(figures)
     dev.measured.update({f"time_{k}": v for k, v in coef.items()})
-    if not quick:  # six short runs in fresh processes (~15 s)
+    if not quick:  # four short runs in fresh processes (~10 s)
         fit = _fit_memory(dev)
         dev.runtime_overhead_bytes = fit["generate_runtime_overhead_bytes"]
         dev.allocator_overhead = fit["generate_allocator_overhead"]
         dev.train_runtime_overhead_bytes = fit["train_runtime_overhead_bytes"]
         dev.train_allocator_overhead = fit["train_allocator_overhead"]
-        dev.family_runtime_overhead_bytes = {
-            t: fit[f"family_{t}_runtime_overhead_bytes"] for t in ("generate", "train")
-        }
         dev.measured.update({f"memory_{k}": v for k, v in fit.items()})
     if save:
         path = profile_path()

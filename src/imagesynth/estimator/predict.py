@@ -458,7 +458,7 @@ def _estimate_family(
         if fm.family == "vqvae":
             notes.append("a VQ-VAE alone reconstructs: generate = encode + decode")
     tensors = sum(memory.values())
-    alloc = _add_overheads(memory, dev, train, family=True)
+    alloc = _add_overheads(memory, dev, train)
     capacity = dev.memory_gib * GIB
     max_batch, max_size = _largest(memory, tensors, capacity, batch, size, fm, alloc)
     if fm.family not in ("upscaler", "restorer"):  # networks built for one size
@@ -501,20 +501,14 @@ def _report(dev: Device, **fields: Any) -> Report:
     )
 
 
-def _add_overheads(
-    memory: dict[str, float], dev: Device, train: bool, family: bool = False
-) -> float:
-    """Add the runtime and allocator terms (per task, and for the non-diffusers families,
-    where the profile has them) and the total to `memory`; returns the allocator's overhead
-    per byte of activations."""
+def _add_overheads(memory: dict[str, float], dev: Device, train: bool) -> float:
+    """Add the runtime and allocator terms (per task where the profile has them) and the
+    total to `memory`; returns the allocator's overhead per byte of activations."""
     alloc, runtime = dev.allocator_overhead, dev.runtime_overhead_bytes
     if train and dev.train_allocator_overhead is not None:
         alloc = dev.train_allocator_overhead
     if train and dev.train_runtime_overhead_bytes is not None:
         runtime = dev.train_runtime_overhead_bytes
-    task = "train" if train else "generate"
-    if family and task in dev.family_runtime_overhead_bytes:
-        runtime = dev.family_runtime_overhead_bytes[task]
     memory["allocator"] = alloc * (memory["activations"] + memory["attention"])
     memory["runtime"] = runtime
     memory["total"] = sum(memory.values())
