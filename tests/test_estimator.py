@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -302,6 +303,24 @@ def test_memory_probe_child_reports_its_peak(capsys):
     assert out["peak_bytes"] > 0 and out["seconds_per_image"] > 0
 
 
+def test_peak_rss_reads_a_peak_freed_before_the_window_closes(monkeypatch):
+    """The kernel's high-water mark, reset at entry: a short-lived 64 MiB buffer counts even
+    though it is gone when the window closes; without /proc/self/clear_refs, a thread samples."""
+    import torch
+
+    from imagesynth.estimator import predict
+
+    for allowed in (True, False):
+        if not allowed:
+            monkeypatch.setattr(predict, "_reset_hwm", lambda: False)
+        with predict.PeakRSS(interval=0.001) as rss:
+            x = torch.ones(16 * 2**20)  # 64 MiB, every page written
+            time.sleep(0.02)
+            del x
+        assert rss.delta >= 60 * 2**20, (allowed, rss.delta)
+        assert (rss._thread is None) == (allowed and predict._hwm_bytes() > 0)
+
+
 def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
     """calibrate's fit: residual RSS = c + a x activations per task, from fresh-process probes."""
     import dataclasses
@@ -315,14 +334,17 @@ def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
     arch = _pixel("memory-probe", dict(devices._MEMORY_PROBE_UNET), "probe")
     true = {"generate": (20e6, 1.3), "train": (30e6, 0.5)}
 
-    def fake_run(cmd, **kw):
-        task, size, batch = json.loads(cmd[-1])
-        rep = est(arch, task=task, size=size, steps=2, batch=batch, device=bare)
-        c, a = true[task]
-        peak = rep.memory["total"] + c + a * rep.memory["activations"]
-        return subprocess.CompletedProcess(cmd, 0, json.dumps({"peak_bytes": peak}), "")
+    def fake_peaks(runs):
+        peaks = []
+        for i, (task, size, batch) in enumerate(runs):
+            rep = est(arch, task=task, size=size, steps=2, batch=batch, device=bare)
+            c, a = true[task]
+            noise = 5e6 if i % 2 else -5e6  # the two runs of a probe straddle the line
+            peaks.append(rep.memory["total"] + c + a * rep.memory["activations"] + noise)
+        return peaks
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert devices._MEMORY_RUNS == 2
+    monkeypatch.setattr(devices, "_probe_peaks", fake_peaks)
     fit = devices._fit_memory(base)
     for task, (c, a) in true.items():
         assert fit[f"{task}_allocator_overhead"] == pytest.approx(a, rel=1e-6)

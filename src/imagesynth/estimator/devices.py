@@ -265,9 +265,8 @@ _OVERHEAD_UNET = {
 }
 
 
-# a pixel UNet unlike the presets (other widths, attention at the lowest level): the memory
-# probes run it so that the fitted overheads are not fitted on the benchmark's workloads
-_MEMORY_PROBE_UNET = {
+# the time probes' UNet: unlike the presets (48 channels, attention at the lowest level)
+_TIME_PROBE_UNET = {
     "sample_size": 32,
     "in_channels": 3,
     "out_channels": 3,
@@ -278,8 +277,32 @@ _MEMORY_PROBE_UNET = {
     "norm_num_groups": 8,
     "attention_head_dim": 8,
 }
-# (task, size, batch): two activation sizes per task
-_MEMORY_PROBES = (("generate", 32, 2), ("generate", 64, 8), ("train", 16, 4), ("train", 32, 16))
+# the memory probes' UNet: unlike the presets (other widths and depth) but built as real models are:
+# channels in multiples of 16 (oneDNN's blocked layouts, whose reorders and scratch buffers
+# make much of the resident memory beyond the tensors) and attention at the middle level,
+# as in DDPM; the fitted overheads are not fitted on the benchmark's workloads
+_MEMORY_PROBE_UNET = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [16, 48, 96],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 8,
+    "attention_head_dim": 8,
+}
+# (task, size, batch). Generating has three activation sizes: its resident growth is noisy
+# (glibc's heap fragments differently from run to run, by tens of MB at the largest size),
+# so each probe runs `_MEMORY_RUNS` times and the line is a least-squares fit through all
+_MEMORY_PROBES = (
+    ("generate", 32, 2),
+    ("generate", 48, 4),
+    ("generate", 64, 8),
+    ("train", 16, 4),
+    ("train", 32, 16),
+)
+_MEMORY_RUNS = 2
 
 
 def _memory_probe_main(spec: str) -> None:
@@ -292,6 +315,37 @@ def _memory_probe_main(spec: str) -> None:
     print(json.dumps(measure(arch, task=task, size=size, steps=2, batch=batch, repeats=1)))
 
 
+def _probe_peaks(runs: list[tuple[str, int, int]]) -> list[float]:
+    """Resident-memory growth of each probe workload, each in a fresh process (two at a
+    time: RSS is per process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from imagesynth.estimator.devices import _memory_probe_main as m; "
+        "m(sys.argv[1])"
+    )
+    peaks: list[float] = []
+    for i in range(0, len(runs), 2):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, json.dumps(list(probe))],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for probe in runs[i : i + 2]
+        ]
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise ImagesynthError(
+                    "memory calibration probe failed: " + (err.strip().splitlines() or ["?"])[-1]
+                )
+            peaks.append(float(json.loads(out.strip().splitlines()[-1])["peak_bytes"]))
+    return peaks
+
+
 def _fit_memory(base: Device) -> dict[str, float]:
     """Resident memory beyond the counted tensors, as c + a x activations per task.
 
@@ -300,8 +354,6 @@ def _fit_memory(base: Device) -> dict[str, float]:
     copies of activations and scratchpads, malloc's arenas, code and kernels paged in.
     """
     import dataclasses
-    import subprocess
-    import sys
 
     from .arch import _pixel
     from .predict import estimate
@@ -314,33 +366,30 @@ def _fit_memory(base: Device) -> dict[str, float]:
         train_allocator_overhead=None,
     )
     arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
+    runs = [probe for probe in _MEMORY_PROBES for _ in range(_MEMORY_RUNS)]
+    peaks = _probe_peaks(runs)
     points: dict[str, list[tuple[float, float]]] = {"generate": [], "train": []}
-    code = (
-        "import sys; from imagesynth.estimator.devices import _memory_probe_main as m; "
-        "m(sys.argv[1])"
-    )
-    for task, size, batch in _MEMORY_PROBES:
-        proc = subprocess.run(
-            [sys.executable, "-c", code, json.dumps([task, size, batch])],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise ImagesynthError(
-                "memory calibration probe failed: "
-                + (proc.stderr.strip().splitlines() or ["?"])[-1]
-            )
-        peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+    for (task, size, batch), peak in zip(runs, peaks, strict=True):
         rep = estimate(arch, task=task, size=size, steps=2, batch=batch, device=bare)
         act = rep.memory["activations"] + rep.memory.get("attention", 0.0)
         points[task].append((act, peak - rep.memory["total"]))
     out = {}
     for task, pts in points.items():
-        (a0, r0), (a1, r1) = sorted(pts)
-        slope = max((r1 - r0) / (a1 - a0), 0.0) if a1 > a0 else 0.0
+        slope, intercept = _line(pts)
         out[f"{task}_allocator_overhead"] = slope
-        out[f"{task}_runtime_overhead_bytes"] = max(r0 - slope * a0, 0.0)
+        out[f"{task}_runtime_overhead_bytes"] = intercept
     return out
+
+
+def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (slope, intercept) through (x, y) points, both kept >= 0."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
+    slope = max(slope, 0.0)
+    return slope, max(my - slope * mx, 0.0)
 
 
 # time probes: (name, network, size, batch, train). None of them is a preset or a benchmark
@@ -381,7 +430,7 @@ def _probe_net(kind: str, size: int, batch: int, device: Any) -> tuple[Any, dict
         if kind in ("overhead-unet", "probe-unet"):
             from diffusers import UNet2DModel
 
-            cfg = _OVERHEAD_UNET if kind == "overhead-unet" else _MEMORY_PROBE_UNET
+            cfg = _OVERHEAD_UNET if kind == "overhead-unet" else _TIME_PROBE_UNET
             net = UNet2DModel(**{**cfg, "sample_size": size})
             return net, {
                 "sample": tensor(batch, 3, size, size),
@@ -643,7 +692,7 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
     dev.cpu_time = coef
     dev.measured.update(figures)
     dev.measured.update({f"time_{k}": v for k, v in coef.items()})
-    if not quick:  # four short runs in fresh processes (~10 s)
+    if not quick:  # ten short runs in fresh processes, two at a time (~1 min)
         fit = _fit_memory(dev)
         dev.runtime_overhead_bytes = fit["generate_runtime_overhead_bytes"]
         dev.allocator_overhead = fit["generate_allocator_overhead"]
