@@ -334,12 +334,19 @@ def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
     arch = _pixel("memory-probe", dict(devices._MEMORY_PROBE_UNET), "probe")
     true = {"generate": (20e6, 1.3), "train": (30e6, 0.5)}
 
-    def fake_peaks(runs):
+    family = {"generate": 12e6, "train": 18e6}  # the conv stack's runtime term
+
+    def fake_peaks(runs, tick=None):
         peaks = []
-        for i, (task, size, batch) in enumerate(runs):
+        for i, (task, size, batch, *net) in enumerate(runs):
+            noise = 5e6 if i % 2 else -5e6  # the two runs of a probe straddle the line
+            if net:
+                counted = devices._probe_net_memory(net[0], task, size, batch)
+                act = counted["activations"]
+                peaks.append(sum(counted.values()) + family[task] + true[task][1] * act + noise)
+                continue
             rep = est(arch, task=task, size=size, steps=2, batch=batch, device=bare)
             c, a = true[task]
-            noise = 5e6 if i % 2 else -5e6  # the two runs of a probe straddle the line
             peaks.append(rep.memory["total"] + c + a * rep.memory["activations"] + noise)
         return peaks
 
@@ -349,6 +356,7 @@ def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
     for task, (c, a) in true.items():
         assert fit[f"{task}_allocator_overhead"] == pytest.approx(a, rel=1e-6)
         assert fit[f"{task}_runtime_overhead_bytes"] == pytest.approx(c, rel=1e-6)
+        assert fit[f"family_{task}_runtime_overhead_bytes"] == pytest.approx(family[task])
     # and estimate() applies the training line to training, the other to generating
     dev = dataclasses.replace(
         base,
@@ -360,6 +368,16 @@ def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
     gen = est("tiny", size=32, steps=2, batch=4, device=dev).memory
     train = est("tiny", task="train", size=32, batch=4, device=dev).memory
     assert gen["runtime"] == pytest.approx(20e6) and train["runtime"] == pytest.approx(30e6)
+    # the families take their own runtime term where the profile has one
+    fam_dev = dataclasses.replace(
+        dev,
+        family_runtime_overhead_bytes=fit["family_generate_runtime_overhead_bytes"],
+        family_train_runtime_overhead_bytes=fit["family_train_runtime_overhead_bytes"],
+    )
+    gan = est("gan:dcgan-tiny", size=16, batch=8, device=fam_dev).memory
+    gan_train = est("gan:dcgan-tiny", task="train", size=16, batch=8, device=fam_dev).memory
+    assert gan["runtime"] == pytest.approx(12e6) and gan_train["runtime"] == pytest.approx(18e6)
+    assert est("tiny", size=32, batch=4, device=fam_dev).memory["runtime"] == pytest.approx(20e6)
     assert gen["allocator"] == pytest.approx(1.3 * (gen["activations"] + gen["attention"]))
     assert train["allocator"] == pytest.approx(0.5 * train["activations"])
 

@@ -56,6 +56,10 @@ class Device:
     # training's own figures where calibrated (autograd, optimizer kernels); None = as above
     train_runtime_overhead_bytes: float | None = None
     train_allocator_overhead: float | None = None
+    # the non-diffusion families' runtime term where calibrated (None = as above): plain
+    # conv / norm / activation networks page in far fewer kernels than a diffusers UNet
+    family_runtime_overhead_bytes: float | None = None
+    family_train_runtime_overhead_bytes: float | None = None
     measured: dict[str, float] = field(default_factory=dict)  # calibration raw figures
     # CPU profiles: seconds per unit of each term of `predict.time_terms` (conv FLOP, conv
     # byte, matmul FLOP, attention FLOP, elementwise byte, op), fitted on probe workloads;
@@ -303,6 +307,9 @@ _MEMORY_PROBES = (
     ("train", 32, 16),
 )
 _MEMORY_RUNS = 2
+# (task, size, batch, network): the families' runtime term, from the GAN-like conv stack of
+# the time probes (strided and transposed convolutions, batch norm), at small activations
+_FAMILY_MEMORY_PROBES = (("generate", 32, 8, "conv-stack"), ("train", 32, 8, "conv-stack"))
 
 
 def _memory_probe_main(spec: str) -> None:
@@ -310,12 +317,45 @@ def _memory_probe_main(spec: str) -> None:
     from .arch import _pixel
     from .predict import measure
 
-    task, size, batch = json.loads(spec)
+    task, size, batch, *net = json.loads(spec)
+    if net:
+        print(json.dumps({"peak_bytes": _measure_probe_net(net[0], task, size, batch)}))
+        return
     arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
     print(json.dumps(measure(arch, task=task, size=size, steps=2, batch=batch, repeats=1)))
 
 
-def _probe_peaks(runs: list[tuple[str, int, int]]) -> list[float]:
+def _measure_probe_net(kind: str, task: str, size: int, batch: int) -> float:
+    """Resident growth of two generating calls or two AdamW training steps of a time probe
+    network (built as `families.measure_family` builds its models: imports outside)."""
+    import gc
+
+    import torch
+
+    from .predict import PeakRSS
+
+    cpu = torch.device("cpu")
+    _probe_net(kind, size, batch, cpu)  # imports outside the measurement
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # (imports torch._dynamo)
+    gc.collect()
+    with PeakRSS() as rss:
+        torch.manual_seed(0)
+        net, kwargs = _probe_net(kind, size, batch, cpu)
+        if task == "generate":
+            with torch.no_grad():
+                for _ in range(2):
+                    net(**kwargs)
+        else:
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=True)
+            for _ in range(2):
+                loss = net(**kwargs).float().pow(2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return float(rss.delta)
+
+
+def _probe_peaks(runs: list[tuple[Any, ...]], tick: Any = None) -> list[float]:
     """Resident-memory growth of each probe workload, each in a fresh process (two at a
     time: RSS is per process)."""
     import subprocess
@@ -343,10 +383,12 @@ def _probe_peaks(runs: list[tuple[str, int, int]]) -> list[float]:
                     "memory calibration probe failed: " + (err.strip().splitlines() or ["?"])[-1]
                 )
             peaks.append(float(json.loads(out.strip().splitlines()[-1])["peak_bytes"]))
+            if tick is not None:
+                tick()
     return peaks
 
 
-def _fit_memory(base: Device) -> dict[str, float]:
+def _fit_memory(base: Device, tick: Any = None) -> dict[str, float]:
     """Resident memory beyond the counted tensors, as c + a x activations per task.
 
     Each probe runs in a fresh process (its RSS growth is its own); the counted tensors come
@@ -367,7 +409,7 @@ def _fit_memory(base: Device) -> dict[str, float]:
     )
     arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
     runs = [probe for probe in _MEMORY_PROBES for _ in range(_MEMORY_RUNS)]
-    peaks = _probe_peaks(runs)
+    peaks = _probe_peaks(runs, tick)
     points: dict[str, list[tuple[float, float]]] = {"generate": [], "train": []}
     for (task, size, batch), peak in zip(runs, peaks, strict=True):
         rep = estimate(arch, task=task, size=size, steps=2, batch=batch, device=bare)
@@ -378,7 +420,31 @@ def _fit_memory(base: Device) -> dict[str, float]:
         slope, intercept = _line(pts)
         out[f"{task}_allocator_overhead"] = slope
         out[f"{task}_runtime_overhead_bytes"] = intercept
+    # the families' runtime term: the conv stack's resident growth beyond its counted
+    # tensors and the task's allocator line, averaged over its runs
+    net_runs = [probe for probe in _FAMILY_MEMORY_PROBES for _ in range(_MEMORY_RUNS)]
+    net_peaks = _probe_peaks(net_runs, tick)
+    for (task, size, batch, kind), peak in zip(net_runs, net_peaks, strict=True):
+        counted = _probe_net_memory(kind, task, size, batch)
+        act = counted["activations"]
+        rest = peak - sum(counted.values()) - out[f"{task}_allocator_overhead"] * act
+        key = f"family_{task}_runtime_overhead_bytes"
+        out[key] = out.get(key, 0.0) + max(rest, 0.0) / _MEMORY_RUNS
     return out
+
+
+def _probe_net_memory(kind: str, task: str, size: int, batch: int) -> dict[str, float]:
+    """The counted tensors of `_measure_probe_net`'s workload (as a family model's)."""
+    import torch
+
+    from .count import count_call
+    from .predict import family_memory
+
+    net, kwargs = _probe_net(kind, size, batch, torch.device("meta"))
+    n = sum(p.numel() for p in net.parameters())
+    counts = count_call(net, kwargs, train=task == "train")
+    params = {"held": n, "trained": n, "ema": 0, "phases": 1}
+    return family_memory(counts, params, task == "train", "fp32")
 
 
 def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -520,7 +586,9 @@ def _nnls_relative(
     return dict(zip(keys, (best[1] / scale).tolist(), strict=True))
 
 
-def _fit_time(rounds: int, prior: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+def _fit_time(
+    rounds: int, prior: dict[str, float], tick: Any = None
+) -> tuple[dict[str, float], dict[str, float]]:
     """Fit the CPU time terms on the probes: (seconds per unit of each term, figures).
 
     Each probe is counted on meta (the same counts an estimate reads) and timed for real:
@@ -570,6 +638,8 @@ def _fit_time(rounds: int, prior: dict[str, float]) -> tuple[dict[str, float], d
 
         step()  # warm-up: oneDNN primitives, allocator
         steps.append(step)
+        if tick is not None:
+            tick()
     runs: list[list[float]] = [[] for _ in steps]
     for _ in range(rounds):
         for i, step in enumerate(steps):
@@ -578,6 +648,8 @@ def _fit_time(rounds: int, prior: dict[str, float]) -> tuple[dict[str, float], d
             step()
             step()
             runs[i].append((time.perf_counter() - t) / 2)
+            if tick is not None:
+                tick()
     secs = [statistics.median(r) for r in runs]
     coef = _nnls_relative(rows, secs, TIME_TERMS, prior, prior_weight=0.3)
     fit = [sum(coef[k] * r[k] for k in TIME_TERMS) / s for r, s in zip(rows, secs, strict=True)]
@@ -596,9 +668,18 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
     """
     import torch
     import torch.nn.functional as F
+    from tqdm.auto import tqdm
 
     from ..env import memory_info
 
+    rounds = 1 if quick else 7
+    memory_runs = 0 if quick else (len(_MEMORY_PROBES) + len(_FAMILY_MEMORY_PROBES)) * _MEMORY_RUNS
+    bar = tqdm(
+        total=1 + len(_TIME_PROBES) * (rounds + 1) + memory_runs,
+        desc="calibrate",
+        unit="probe",
+        disable=quick or None,
+    )
     # runtime memory: what the first small conv / linear / backward leave resident
     # (oneDNN primitives, thread pools), measured before anything large is allocated
     rss0 = _rss_bytes()
@@ -688,17 +769,21 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
         "memory_byte": 1.0 / bw_rate,
         "op": launch,
     }
-    coef, figures = _fit_time(1 if quick else 7, prior)
+    bar.update()  # the microbenchmarks
+    coef, figures = _fit_time(rounds, prior, bar.update)
     dev.cpu_time = coef
     dev.measured.update(figures)
     dev.measured.update({f"time_{k}": v for k, v in coef.items()})
-    if not quick:  # ten short runs in fresh processes, two at a time (~1 min)
-        fit = _fit_memory(dev)
+    if not quick:  # 14 short runs in fresh processes, two at a time (~1.5 min)
+        fit = _fit_memory(dev, bar.update)
         dev.runtime_overhead_bytes = fit["generate_runtime_overhead_bytes"]
         dev.allocator_overhead = fit["generate_allocator_overhead"]
         dev.train_runtime_overhead_bytes = fit["train_runtime_overhead_bytes"]
         dev.train_allocator_overhead = fit["train_allocator_overhead"]
+        dev.family_runtime_overhead_bytes = fit["family_generate_runtime_overhead_bytes"]
+        dev.family_train_runtime_overhead_bytes = fit["family_train_runtime_overhead_bytes"]
         dev.measured.update({f"memory_{k}": v for k, v in fit.items()})
+    bar.close()
     if save:
         path = profile_path()
         path.parent.mkdir(parents=True, exist_ok=True)

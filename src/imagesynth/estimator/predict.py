@@ -429,15 +429,7 @@ def _estimate_family(
         seconds_step = t_fb + opt_t
         times = {"forward+backward": t_fb / batch, "optimizer+ema": opt_t / batch}
         flops_step = c.flops_forward + c.flops_backward
-        act = max(c.train_peak_live_bytes - 4.0 * trained * half, c.saved_bytes)
-        memory = {
-            "weights": 4.0 * params["held"],
-            "activations": act + c.input_bytes,
-            "attention": 0.0,
-            "gradients": 4.0 * trained,
-            "optimizer": 8.0 * trained,
-            "ema": 4.0 * n_ema,
-        }
+        memory = family_memory(c, params, True, dtype, ema)
         seconds_image = seconds_step / batch
         if params["phases"] > 1:
             notes.append(f"one training step = {params['phases']} phases (e.g. D then G)")
@@ -447,18 +439,14 @@ def _estimate_family(
         seconds_image = t / batch
         flops_step = c.flops_forward / steps
         times = {fm.family: seconds_image}
-        memory = {
-            "weights": DTYPE_BYTES[dtype] * params["held"],
-            "activations": c.peak_live_bytes + c.input_bytes,
-            "attention": 0.0,
-        }
+        memory = family_memory(c, params, False, dtype, ema)
         if steps > 1:
             what = "pixel" if fm.family == "pixelcnn" else "token"
             notes.append(f"{steps} sequential network calls per image, one per {what}")
         if fm.family == "vqvae":
             notes.append("a VQ-VAE alone reconstructs: generate = encode + decode")
     tensors = sum(memory.values())
-    alloc = _add_overheads(memory, dev, train)
+    alloc = _add_overheads(memory, dev, train, family=True)
     capacity = dev.memory_gib * GIB
     max_batch, max_size = _largest(memory, tensors, capacity, batch, size, fm, alloc)
     if fm.family not in ("upscaler", "restorer"):  # networks built for one size
@@ -501,14 +489,47 @@ def _report(dev: Device, **fields: Any) -> Report:
     )
 
 
-def _add_overheads(memory: dict[str, float], dev: Device, train: bool) -> float:
-    """Add the runtime and allocator terms (per task where the profile has them) and the
-    total to `memory`; returns the allocator's overhead per byte of activations."""
+def family_memory(
+    c: Counts, params: dict[str, int], train: bool, dtype: str, ema: bool = True
+) -> dict[str, float]:
+    """The tensors of a non-diffusion family's workload (or any network counted with
+    `count_call`): weights, activations, and when training gradients, AdamW's two moments
+    and the EMA copy (kept in fp32)."""
+    if not train:
+        return {
+            "weights": DTYPE_BYTES[dtype] * params["held"],
+            "activations": c.peak_live_bytes + c.input_bytes,
+            "attention": 0.0,
+        }
+    trained, n_ema = params["trained"], params["ema"] if ema else 0
+    half = DTYPE_BYTES[dtype] / 4.0
+    act = max(c.train_peak_live_bytes - 4.0 * trained * half, c.saved_bytes)
+    return {
+        "weights": 4.0 * params["held"],
+        "activations": act + c.input_bytes,
+        "attention": 0.0,
+        "gradients": 4.0 * trained,
+        "optimizer": 8.0 * trained,
+        "ema": 4.0 * n_ema,
+    }
+
+
+def _add_overheads(
+    memory: dict[str, float], dev: Device, train: bool, family: bool = False
+) -> float:
+    """Add the runtime and allocator terms (per task, and for the non-diffusion families,
+    where the profile has them) and the total to `memory`; returns the allocator's overhead
+    per byte of activations."""
     alloc, runtime = dev.allocator_overhead, dev.runtime_overhead_bytes
     if train and dev.train_allocator_overhead is not None:
         alloc = dev.train_allocator_overhead
     if train and dev.train_runtime_overhead_bytes is not None:
         runtime = dev.train_runtime_overhead_bytes
+    fam_runtime = dev.family_train_runtime_overhead_bytes if train else None
+    if family and not train:
+        fam_runtime = dev.family_runtime_overhead_bytes
+    if family and fam_runtime is not None:
+        runtime = fam_runtime
     memory["allocator"] = alloc * (memory["activations"] + memory["attention"])
     memory["runtime"] = runtime
     memory["total"] = sum(memory.values())
