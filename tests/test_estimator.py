@@ -336,7 +336,7 @@ def test_memory_fit_recovers_a_known_overhead_line(monkeypatch):
 
     family = {"generate": 12e6, "train": 18e6}  # the conv stack's runtime term
 
-    def fake_peaks(runs, tick=None):
+    def fake_peaks(runs, tick=None, between=None):
         peaks = []
         for i, (task, size, batch, *net) in enumerate(runs):
             noise = 5e6 if i % 2 else -5e6  # the two runs of a probe straddle the line

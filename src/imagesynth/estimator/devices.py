@@ -355,7 +355,7 @@ def _measure_probe_net(kind: str, task: str, size: int, batch: int) -> float:
     return float(rss.delta)
 
 
-def _probe_peaks(runs: list[tuple[Any, ...]], tick: Any = None) -> list[float]:
+def _probe_peaks(runs: list[tuple[Any, ...]], tick: Any = None, between: Any = None) -> list[float]:
     """Resident-memory growth of each probe workload, each in a fresh process (two at a
     time: RSS is per process)."""
     import subprocess
@@ -385,10 +385,12 @@ def _probe_peaks(runs: list[tuple[Any, ...]], tick: Any = None) -> list[float]:
             peaks.append(float(json.loads(out.strip().splitlines()[-1])["peak_bytes"]))
             if tick is not None:
                 tick()
+        if between is not None:  # (the time probes' next round, on an idle machine)
+            between()
     return peaks
 
 
-def _fit_memory(base: Device, tick: Any = None) -> dict[str, float]:
+def _fit_memory(base: Device, tick: Any = None, between: Any = None) -> dict[str, float]:
     """Resident memory beyond the counted tensors, as c + a x activations per task.
 
     Each probe runs in a fresh process (its RSS growth is its own); the counted tensors come
@@ -409,7 +411,7 @@ def _fit_memory(base: Device, tick: Any = None) -> dict[str, float]:
     )
     arch = _pixel("memory-probe", dict(_MEMORY_PROBE_UNET), "calibration probe")
     runs = [probe for probe in _MEMORY_PROBES for _ in range(_MEMORY_RUNS)]
-    peaks = _probe_peaks(runs, tick)
+    peaks = _probe_peaks(runs, tick, between)
     points: dict[str, list[tuple[float, float]]] = {"generate": [], "train": []}
     for (task, size, batch), peak in zip(runs, peaks, strict=True):
         rep = estimate(arch, task=task, size=size, steps=2, batch=batch, device=bare)
@@ -423,7 +425,7 @@ def _fit_memory(base: Device, tick: Any = None) -> dict[str, float]:
     # the families' runtime term: the conv stack's resident growth beyond its counted
     # tensors and the task's allocator line, averaged over its runs
     net_runs = [probe for probe in _FAMILY_MEMORY_PROBES for _ in range(_MEMORY_RUNS)]
-    net_peaks = _probe_peaks(net_runs, tick)
+    net_peaks = _probe_peaks(net_runs, tick, between)
     for (task, size, batch, kind), peak in zip(net_runs, net_peaks, strict=True):
         counted = _probe_net_memory(kind, task, size, batch)
         act = counted["activations"]
@@ -586,79 +588,99 @@ def _nnls_relative(
     return dict(zip(keys, (best[1] / scale).tolist(), strict=True))
 
 
-def _fit_time(
-    rounds: int, prior: dict[str, float], tick: Any = None
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Fit the CPU time terms on the probes: (seconds per unit of each term, figures).
+class _TimeProbes:
+    """The CPU time terms' probes: counted on meta, built for real, timed round by round.
 
     Each probe is counted on meta (the same counts an estimate reads) and timed for real:
     forward without grad, or forward + backward of mean(out^2) for training. The probes are
     timed in turn, round after round (one untimed call first, as the other probes evicted
     its data from the caches), and each keeps its median over the rounds, so that a shared
-    machine slowing down for a while slows every probe alike instead of a few.
+    machine slowing down for a while slows every probe alike instead of a few. `calibrate`
+    spreads the rounds over the memory probes' minute and a half, since this VM's speed
+    drifts from minute to minute.
     """
-    import statistics
 
-    import torch
+    def __init__(self, tick: Any = None) -> None:
+        import torch
 
-    from .count import count_call
-    from .predict import TIME_TERMS, time_terms
+        from .count import count_call
+        from .predict import time_terms
 
-    rows, steps, names = [], [], []
-    meta, cpu = torch.device("meta"), torch.device("cpu")
-    for name, kind, size, batch, train in _TIME_PROBES:
-        net, kwargs = _probe_net(kind, size, batch, meta)
-        c = count_call(net, kwargs, train=train, method="forward")
-        terms = time_terms(c, "fwd")
-        if train:
-            for k, v in time_terms(c, "bwd").items():
-                terms[k] += v
-        rows.append(terms)
-        names.append(f"probe_{name}_{'train' if train else 'generate'}_{size}_b{batch}")
-        torch.manual_seed(0)
-        net, kwargs = _probe_net(kind, size, batch, cpu)
-        net.train(train)
+        self.tick = tick
+        self.rows: list[dict[str, float]] = []
+        self.names: list[str] = []
+        self.steps: list[Any] = []
+        meta, cpu = torch.device("meta"), torch.device("cpu")
+        for name, kind, size, batch, train in _TIME_PROBES:
+            net, kwargs = _probe_net(kind, size, batch, meta)
+            c = count_call(net, kwargs, train=train, method="forward")
+            terms = time_terms(c, "fwd")
+            if train:
+                for k, v in time_terms(c, "bwd").items():
+                    terms[k] += v
+            self.rows.append(terms)
+            self.names.append(f"probe_{name}_{'train' if train else 'generate'}_{size}_b{batch}")
+            torch.manual_seed(0)
+            net, kwargs = _probe_net(kind, size, batch, cpu)
+            net.train(train)
+            step = _probe_step(net, kwargs, train)
+            step()  # warm-up: oneDNN primitives, allocator
+            self.steps.append(step)
+            self._tick()
+        self.runs: list[list[float]] = [[] for _ in self.steps]
 
-        def out(net: Any = net, kwargs: dict[str, Any] = kwargs) -> Any:
-            o = net(**kwargs)
-            return o if isinstance(o, torch.Tensor) else o.sample
+    def _tick(self) -> None:
+        if self.tick is not None:
+            self.tick()
 
-        if train:
-
-            def step(net: Any = net, out: Any = out) -> None:
-                for p in net.parameters():
-                    p.grad = None
-                out().float().pow(2).mean().backward()
-
-        else:
-
-            def step(out: Any = out) -> None:
-                with torch.no_grad():
-                    out()
-
-        step()  # warm-up: oneDNN primitives, allocator
-        steps.append(step)
-        if tick is not None:
-            tick()
-    runs: list[list[float]] = [[] for _ in steps]
-    for _ in range(rounds):
-        for i, step in enumerate(steps):
+    def round(self) -> None:
+        """Time every probe once more."""
+        for i, step in enumerate(self.steps):
             step()  # caches and oneDNN primitives warm again after the other probes
             t = time.perf_counter()
             step()
             step()
-            runs[i].append((time.perf_counter() - t) / 2)
-            if tick is not None:
-                tick()
-    secs = [statistics.median(r) for r in runs]
-    coef = _nnls_relative(rows, secs, TIME_TERMS, prior, prior_weight=0.3)
-    fit = [sum(coef[k] * r[k] for k in TIME_TERMS) / s for r, s in zip(rows, secs, strict=True)]
-    figures: dict[str, float] = {}
-    for name, t, f in zip(names, secs, fit, strict=True):
-        figures[f"{name}_ms"] = 1e3 * t
-        figures[f"{name}_fit"] = f
-    figures["time_fit_worst_ratio"] = max(fit, key=lambda f: abs(f - 1.0))
-    return coef, figures
+            self.runs[i].append((time.perf_counter() - t) / 2)
+            self._tick()
+
+    def fit(self, prior: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """(seconds per unit of each term, figures) from the rounds timed so far."""
+        import statistics
+
+        from .predict import TIME_TERMS
+
+        secs = [statistics.median(r) for r in self.runs]
+        coef = _nnls_relative(self.rows, secs, TIME_TERMS, prior, prior_weight=0.3)
+        fit = [
+            sum(coef[k] * r[k] for k in TIME_TERMS) / s
+            for r, s in zip(self.rows, secs, strict=True)
+        ]
+        figures: dict[str, float] = {}
+        for name, t, f in zip(self.names, secs, fit, strict=True):
+            figures[f"{name}_ms"] = 1e3 * t
+            figures[f"{name}_fit"] = f
+        figures["time_fit_worst_ratio"] = max(fit, key=lambda f: abs(f - 1.0))
+        return coef, figures
+
+
+def _probe_step(net: Any, kwargs: dict[str, Any], train: bool) -> Any:
+    """One call of a time probe: a forward without grad, or forward + backward."""
+    import torch
+
+    def out() -> Any:
+        o = net(**kwargs)
+        return o if isinstance(o, torch.Tensor) else o.sample
+
+    def step() -> None:
+        if train:
+            for p in net.parameters():
+                p.grad = None
+            out().float().pow(2).mean().backward()
+        else:
+            with torch.no_grad():
+                out()
+
+    return step
 
 
 def calibrate(quick: bool = False, save: bool = True) -> Device:
@@ -672,8 +694,8 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
 
     from ..env import memory_info
 
-    rounds = 1 if quick else 7
     memory_runs = 0 if quick else (len(_MEMORY_PROBES) + len(_FAMILY_MEMORY_PROBES)) * _MEMORY_RUNS
+    rounds = 1 if quick else (memory_runs + 1) // 2  # one after each pair of memory runs
     bar = tqdm(
         total=1 + len(_TIME_PROBES) * (rounds + 1) + memory_runs,
         desc="calibrate",
@@ -770,12 +792,11 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
         "op": launch,
     }
     bar.update()  # the microbenchmarks
-    coef, figures = _fit_time(rounds, prior, bar.update)
-    dev.cpu_time = coef
-    dev.measured.update(figures)
-    dev.measured.update({f"time_{k}": v for k, v in coef.items()})
-    if not quick:  # 14 short runs in fresh processes, two at a time (~1.5 min)
-        fit = _fit_memory(dev, bar.update)
+    probes = _TimeProbes(bar.update)
+    if quick:
+        probes.round()
+    else:  # 14 short runs in fresh processes, two at a time, a time round after each pair
+        fit = _fit_memory(dev, bar.update, between=probes.round)
         dev.runtime_overhead_bytes = fit["generate_runtime_overhead_bytes"]
         dev.allocator_overhead = fit["generate_allocator_overhead"]
         dev.train_runtime_overhead_bytes = fit["train_runtime_overhead_bytes"]
@@ -783,6 +804,10 @@ def calibrate(quick: bool = False, save: bool = True) -> Device:
         dev.family_runtime_overhead_bytes = fit["family_generate_runtime_overhead_bytes"]
         dev.family_train_runtime_overhead_bytes = fit["family_train_runtime_overhead_bytes"]
         dev.measured.update({f"memory_{k}": v for k, v in fit.items()})
+    coef, figures = probes.fit(prior)
+    dev.cpu_time = coef
+    dev.measured.update(figures)
+    dev.measured.update({f"time_{k}": v for k, v in coef.items()})
     bar.close()
     if save:
         path = profile_path()
