@@ -105,17 +105,16 @@ def reference_ms() -> float:
 
     import torch
 
-    from imagesynth.estimator.devices import _probe_net
+    from imagesynth.estimator.devices import _probe_net, _probe_step
 
-    net, kwargs = _probe_net("probe-unet", 32, 4, torch.device("cpu"))
+    step = _probe_step(*_probe_net("probe-unet", 32, 4, torch.device("cpu")), False)
     runs = []
-    with torch.no_grad():
-        net(**kwargs)
-        for _ in range(7):
-            net(**kwargs)  # a warm call before each timing, as calibration times it
-            t = time.perf_counter()
-            net(**kwargs)
-            runs.append(time.perf_counter() - t)
+    step()
+    for _ in range(7):
+        step()  # a warm call before each timing, as calibration times it
+        t = time.perf_counter()
+        step()
+        runs.append(time.perf_counter() - t)
     return 1e3 * statistics.median(runs)
 
 
@@ -126,21 +125,14 @@ def run_children(spec: str) -> tuple[dict, list[float]]:
     time, for memory only. A process's resident growth varies from run to run (glibc's heap
     fragments differently, by tens of MB at the largest workloads), so memory is their median.
     """
+    from imagesynth.estimator.devices import run_json_processes
+
     cmd = [sys.executable, __file__, "--one", spec]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     meas = json.loads(proc.stdout.strip().splitlines()[-1])
-    peaks = [meas["peak_bytes"]]
-    for i in range(1, MEMORY_RUNS, 2):
-        procs = [
-            subprocess.Popen([*cmd, "--memory-only"], stdout=subprocess.PIPE, text=True)
-            for _ in range(min(2, MEMORY_RUNS - i))
-        ]
-        for p in procs:
-            out, _ = p.communicate()
-            if p.returncode != 0:
-                raise SystemExit(f"memory run of {spec} failed")
-            peaks.append(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
-    return meas, peaks
+    memory_cmds = [[*cmd, "--memory-only"]] * (MEMORY_RUNS - 1)
+    rest = run_json_processes(memory_cmds, f"memory run of {spec}")
+    return meas, [meas["peak_bytes"]] + [r["peak_bytes"] for r in rest]
 
 
 def main() -> None:

@@ -286,15 +286,10 @@ _TIME_PROBE_UNET = {
 # make much of the resident memory beyond the tensors) and attention at the middle level,
 # as in DDPM; the fitted overheads are not fitted on the benchmark's workloads
 _MEMORY_PROBE_UNET = {
-    "sample_size": 32,
-    "in_channels": 3,
-    "out_channels": 3,
+    **_TIME_PROBE_UNET,
     "block_out_channels": [16, 48, 96],
-    "layers_per_block": 1,
     "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 8,
-    "attention_head_dim": 8,
 }
 # (task, size, batch). Generating has three activation sizes: its resident growth is noisy
 # (glibc's heap fragments differently from run to run, by tens of MB at the largest size),
@@ -355,39 +350,43 @@ def _measure_probe_net(kind: str, task: str, size: int, batch: int) -> float:
     return float(rss.delta)
 
 
-def _probe_peaks(runs: list[tuple[Any, ...]], tick: Any = None, between: Any = None) -> list[float]:
-    """Resident-memory growth of each probe workload, each in a fresh process (two at a
-    time: RSS is per process)."""
+def run_json_processes(
+    cmds: list[list[str]], what: str, tick: Any = None, between: Any = None
+) -> list[dict[str, Any]]:
+    """The JSON each command prints last, running them two at a time (each in a fresh
+    process: resident memory is per process). `tick` after each, `between` after each pair."""
     import subprocess
+
+    results: list[dict[str, Any]] = []
+    for i in range(0, len(cmds), 2):
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for cmd in cmds[i : i + 2]
+        ]
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise ImagesynthError(f"{what} failed: " + (err.strip().splitlines() or ["?"])[-1])
+            results.append(json.loads(out.strip().splitlines()[-1]))
+            if tick is not None:
+                tick()
+        if between is not None:
+            between()
+    return results
+
+
+def _probe_peaks(runs: list[tuple[Any, ...]], tick: Any = None, between: Any = None) -> list[float]:
+    """Resident-memory growth of each probe workload, each in a fresh process."""
     import sys
 
     code = (
         "import sys; from imagesynth.estimator.devices import _memory_probe_main as m; "
         "m(sys.argv[1])"
     )
-    peaks: list[float] = []
-    for i in range(0, len(runs), 2):
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, json.dumps(list(probe))],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for probe in runs[i : i + 2]
-        ]
-        for proc in procs:
-            out, err = proc.communicate()
-            if proc.returncode != 0:
-                raise ImagesynthError(
-                    "memory calibration probe failed: " + (err.strip().splitlines() or ["?"])[-1]
-                )
-            peaks.append(float(json.loads(out.strip().splitlines()[-1])["peak_bytes"]))
-            if tick is not None:
-                tick()
-        if between is not None:  # (the time probes' next round, on an idle machine)
-            between()
-    return peaks
+    cmds = [[sys.executable, "-c", code, json.dumps(list(probe))] for probe in runs]
+    # between pairs: the time probes' next round, on an idle machine
+    out = run_json_processes(cmds, "memory calibration probe", tick, between)
+    return [float(r["peak_bytes"]) for r in out]
 
 
 def _fit_memory(base: Device, tick: Any = None, between: Any = None) -> dict[str, float]:

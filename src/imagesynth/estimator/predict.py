@@ -525,11 +525,11 @@ def _add_overheads(
         alloc = dev.train_allocator_overhead
     if train and dev.train_runtime_overhead_bytes is not None:
         runtime = dev.train_runtime_overhead_bytes
-    fam_runtime = dev.family_train_runtime_overhead_bytes if train else None
-    if family and not train:
-        fam_runtime = dev.family_runtime_overhead_bytes
-    if family and fam_runtime is not None:
-        runtime = fam_runtime
+    if family:
+        fam = dev.family_runtime_overhead_bytes
+        if train:
+            fam = dev.family_train_runtime_overhead_bytes
+        runtime = runtime if fam is None else fam
     memory["allocator"] = alloc * (memory["activations"] + memory["attention"])
     memory["runtime"] = runtime
     memory["total"] = sum(memory.values())
